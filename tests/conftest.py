@@ -1,0 +1,33 @@
+"""Shared fixtures: repository paths, a tiny data slice, and one smoke run of every solution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from captioning_course import data_slice, profiles, runner
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SLICE = data_slice.SliceParams(train=24, val=6, test=6, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_slice_dir(tmp_path_factory) -> Path:
+    """A small slice for the data tests, built once per session."""
+    data_dir = tmp_path_factory.mktemp("slice")
+    data_slice.prepare(data_dir, TINY_SLICE)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_run() -> dict[str, runner.Result]:
+    """Every solution executed once in the smoke profile, as `make execute-solutions` does.
+
+    Executed copies and records stay in build/smoke/ for inspection after the tests.
+    """
+    notebooks = sorted((REPO / "solutions").glob("*.ipynb"))
+    results = runner.run(notebooks, profiles.SMOKE, REPO / "data", REPO / "build",
+                         REPO / "sample_images")
+    print(runner.summary_table(results))
+    return {result.notebook.stem: result for result in results}
