@@ -1,0 +1,56 @@
+"""Profiles: one notebook, two scales.
+
+A lesson's `parameters` cell holds the real course (`full`): COCO through TFDS, ImageNet
+weights, the seed's sizes. A profile is the set of overrides papermill injects on top of
+those defaults. Notebooks never branch on the profile's name; only these values change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from captioning_course.data_slice import NAME as SLICE_NAME
+from captioning_course.data_slice import SliceParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    timeout_s: int  # wall-clock limit for one notebook
+    data_slice: SliceParams | None  # when set, the runner prepares it and injects DATA_DIR
+    overrides: dict[str, dict[str, Any]]  # notebook stem -> parameters; "*" applies to all
+
+    def overrides_for(self, notebook_stem: str) -> dict[str, Any]:
+        return {**self.overrides.get("*", {}), **self.overrides.get(notebook_stem, {})}
+
+
+SMOKE = Profile(
+    name="smoke",
+    description="offline data slice, untrained encoder weights, sizes for a 2-core CPU",
+    timeout_s=30 * 60,
+    data_slice=SliceParams(),
+    overrides={
+        "*": {"DATASET": SLICE_NAME},
+    },
+)
+
+FULL = Profile(
+    name="full",
+    description="the notebooks' own defaults: COCO captions, ImageNet weights (needs a GPU)",
+    timeout_s=12 * 60 * 60,
+    data_slice=None,
+    overrides={},
+)
+
+PROFILES = {profile.name: profile for profile in (SMOKE, FULL)}
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
+        ) from None
