@@ -1,0 +1,75 @@
+"""Scoring captions the way COCO papers do, and checking where attention looks.
+
+`caption_scores` wraps pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L and CIDEr over tokenized
+text. Both candidates and references are tokenized first (lower case, punctuation removed):
+scoring raw strings, as some tutorials do with nltk, counts "dog." and "dog" as different
+words. The Stanford PTB tokenizer and METEOR are Java programs; without Java the text is
+tokenized in Python and METEOR is left out of the result.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def python_tokenize(text: str) -> str:
+    return " ".join(WORD.findall(text.lower()))
+
+
+def caption_scores(references: Mapping[int, Sequence[str]],
+                   candidates: Mapping[int, str]) -> dict[str, float]:
+    """Corpus scores of `candidates` (one caption per image id) against all `references`."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if set(references) != set(candidates):
+        raise ValueError("references and candidates must cover the same image ids")
+    if java_available():
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        refs = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+        cands = tokenizer.tokenize({k: [{"caption": c}] for k, c in candidates.items()})
+    else:
+        refs = {k: [python_tokenize(c) for c in v] for k, v in references.items()}
+        cands = {k: [python_tokenize(c)] for k, c in candidates.items()}
+
+    scores: dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(refs, cands, verbose=0)
+    scores.update({f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)})
+    if java_available():
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scores["METEOR"] = float(Meteor().compute_score(refs, cands)[0])
+    scores["ROUGE-L"] = float(Rouge().compute_score(refs, cands)[0])
+    scores["CIDEr"] = float(Cider().compute_score(refs, cands)[0])
+    return scores
+
+
+def attention_in_boxes(weights: np.ndarray, boxes: Sequence[Sequence[float]],
+                       resolution: int = 16) -> tuple[float, float]:
+    """Attention mass inside the union of `boxes`, and the share a uniform map would put there.
+
+    `weights` is one word's attention over the encoder's (rows, cols) feature grid, summing
+    to 1; `boxes` are (ymin, xmin, ymax, xmax) in [0, 1], as TFDS stores them. Each grid cell
+    counts by the fraction of its area inside the boxes.
+    """
+    rows, cols = weights.shape
+    mask = np.zeros((rows * resolution, cols * resolution), dtype=bool)
+    for ymin, xmin, ymax, xmax in boxes:
+        y0, y1 = int(round(ymin * mask.shape[0])), int(round(ymax * mask.shape[0]))
+        x0, x1 = int(round(xmin * mask.shape[1])), int(round(xmax * mask.shape[1]))
+        mask[y0:y1, x0:x1] = True
+    inside = mask.reshape(rows, resolution, cols, resolution).mean(axis=(1, 3))
+    return float(np.sum(weights * inside)), float(inside.mean())
