@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import TINY_SLICE
 
 from captioning_course import data_slice
 from captioning_course.data_slice import COLOURS, GRID, SHAPES, WHERE, SliceParams
+from conftest import TINY_SLICE
 
 SHARED_FEATURES = ("image", "image/filename", "image/id", "captions")
 NAMED_SHAPE = re.compile(

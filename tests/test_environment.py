@@ -7,8 +7,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from conftest import REPO
 from jupyter_client.kernelspec import KernelSpecManager
+
+from conftest import REPO
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s#]+)")
 

@@ -8,9 +8,9 @@ import sys
 import nbformat
 import papermill
 import pytest
-from conftest import REPO
 
 from captioning_course import labs
+from conftest import REPO
 
 SOURCES = sorted((REPO / "notebooks").glob("*.ipynb"))
 COMMITTED = sorted(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import REPO
-
 from captioning_course import profiles
+from conftest import REPO
 
 
 def test_every_solution_runs(smoke_run):
