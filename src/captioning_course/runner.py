@@ -165,7 +165,7 @@ def summary_table(results: list[Result]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
              + " | " + row[3] for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
+    lines.insert(1, "-" * (sum(widths) + 3 * len(widths) + len("metrics")))
     failures = [f"FAILED {r.notebook}: {r.failure}\n  executed copy kept at {r.executed}"
                 for r in results if r.status != "ok"]
     return "\n".join(lines + failures)
