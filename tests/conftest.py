@@ -31,3 +31,29 @@ def smoke_run() -> dict[str, runner.Result]:
                          REPO / "sample_images")
     print(runner.summary_table(results))
     return {result.notebook.stem: result for result in results}
+
+
+def notebook_definitions(notebook: Path, *names: str) -> dict:
+    """Run a notebook's setup cell and the cells defining `names`; return the namespace.
+
+    Lessons keep model code in the notebook, so tests take functions from there rather than
+    from a copy that could drift.
+    """
+    import ast
+
+    import nbformat
+
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells
+             if c.cell_type == "code"]
+
+    def defines(source: str) -> bool:
+        return any(isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in names
+                   for node in ast.parse(source).body)
+
+    namespace: dict = {}
+    chosen = [cells[0]] + [source for source in cells[1:] if defines(source)]
+    for source in chosen:
+        exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102
+    missing = [name for name in names if name not in namespace]
+    assert not missing, f"{notebook.name} defines no {missing}"
+    return namespace

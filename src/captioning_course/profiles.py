@@ -33,6 +33,16 @@ SMOKE = Profile(
     data_slice=SliceParams(),
     overrides={
         "*": {"DATASET": SLICE_NAME},
+        "image_captioning": {
+            "EVAL_IMAGES": 100,
+            "ENCODER_WEIGHTS": None,
+            "IMG_SIZE": 150,  # a 3x3 feature grid, matching the slice's 3x3 layout
+            "VOCAB_SIZE": 200,
+            "MAX_CAPTION_LEN": 24,
+            "ATTENTION_DIM": 256,
+            "EPOCHS": 40,
+            "CACHE_FEATURES": True,
+        },
     },
 )
 
