@@ -84,3 +84,14 @@ def test_a_wrong_prediction_on_a_real_token_raises_the_loss(masked_loss):
     wrong = right.copy()
     wrong[0, 1, 4], wrong[0, 1, 6] = -10.0, 10.0  # confidently the wrong word
     assert loss_value(masked_loss, targets, wrong) > loss_value(masked_loss, targets, right) + 5
+
+
+def test_predict_caption_names_bad_input_in_the_executed_lesson(smoke_run):
+    import nbformat
+
+    executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
+    printed = "".join(output.get("text", "") for cell in executed.cells
+                      if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "FileNotFoundError: no image file at" in printed
+    assert "no_such_photo.jpg" in printed
+    assert "ValueError:" in printed and "notes.jpg is not a readable image" in printed

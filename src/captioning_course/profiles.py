@@ -40,7 +40,7 @@ SMOKE = Profile(
             "VOCAB_SIZE": 200,
             "MAX_CAPTION_LEN": 24,
             "ATTENTION_DIM": 256,
-            "EPOCHS": 40,
+            "EPOCHS": 60,
             "CACHE_FEATURES": True,
         },
     },
