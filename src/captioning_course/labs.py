@@ -2,6 +2,18 @@
 
     python -m captioning_course.labs [--source notebooks] [--solutions solutions] [--labs labs]
 
+An instructor marks the lines a student must write inside a code cell:
+
+    ### BEGIN SOLUTION Exercise 2: shift the target
+    # TODO: the target is `tokens` moved left by one position, with a 0 appended.
+    target = tf.concat([tokens[1:], tf.zeros([1], dtype=tokens.dtype)], axis=0)
+    ### END SOLUTION
+
+The comment lines that open a block are the student's instructions. The solution keeps the
+answer and drops the markers and instructions; the lab keeps the instructions and replaces
+the answer with `raise NotImplementedError("Exercise 2: shift the target")`, so running a
+lab stops at the first unanswered exercise with a message that names it.
+
 Both copies are stored clean: no outputs, no execution counts, normalised metadata (kernel
 `python3`), cell tags kept and cell ids numbered, so generating twice gives identical bytes.
 """
@@ -9,12 +21,91 @@ Both copies are stored clean: no outputs, no execution counts, normalised metada
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+BEGIN = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION(?P<title>.*)$")
+END = re.compile(r"^\s*### END SOLUTION\s*$")
+TITLE = re.compile(r"^Exercise (?P<number>\d+): \S.*$")
+
+
+class MarkerError(ValueError):
+    """An answer marker is malformed; the message names the notebook, cell and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Exercise:
+    title: str  # "Exercise N: what to do"
+    cell: int  # index of the cell in the notebook
+    indent: str
+    instructions: tuple[str, ...]  # comment lines shown to the student
+    answer: tuple[str, ...]  # the lines the student must write
+
+    @property
+    def number(self) -> int:
+        return int(TITLE.match(self.title)["number"])
+
+    def placeholder(self) -> list[str]:
+        """The lines the lab shows instead of the answer."""
+        return [*self.instructions, f"{self.indent}raise NotImplementedError({self.title!r})"]
+
+
+def _split(source: str, cell: int, where: str) -> tuple[list[str], list[str], list[Exercise]]:
+    """The solution lines, the lab lines and the exercises of one code cell."""
+    solution, lab, exercises = [], [], []
+    lines = source.split("\n")
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if END.match(line):
+            raise MarkerError(f"{where}, cell {cell}, line {index + 1}: END without BEGIN")
+        begin = BEGIN.match(line)
+        if not begin:
+            solution.append(line)
+            lab.append(line)
+            index += 1
+            continue
+        title = begin["title"].strip()
+        if not TITLE.match(title):
+            raise MarkerError(f"{where}, cell {cell}, line {index + 1}: a solution block needs "
+                              f"a title 'Exercise N: what to do', got {title!r}")
+        body = []
+        index += 1
+        while index < len(lines) and not END.match(lines[index]):
+            if BEGIN.match(lines[index]):
+                raise MarkerError(f"{where}, cell {cell}, line {index + 1}: nested BEGIN")
+            body.append(lines[index])
+            index += 1
+        if index == len(lines):
+            raise MarkerError(f"{where}, cell {cell}: {title!r} has no END SOLUTION")
+        index += 1  # past END
+        count = next((i for i, text in enumerate(body) if not text.strip().startswith("#")),
+                     len(body))
+        exercise = Exercise(title, cell, begin["indent"], tuple(body[:count]),
+                            tuple(body[count:]))
+        if not exercise.answer:
+            raise MarkerError(f"{where}, cell {cell}: {title!r} marks no answer lines")
+        exercises.append(exercise)
+        solution += exercise.answer
+        lab += exercise.placeholder()
+    return solution, lab, exercises
+
+
+def exercises(nb: nbformat.NotebookNode, where: str = "notebook") -> list[Exercise]:
+    """Every marked block, in order. One exercise may span several blocks (same title);
+    exercise numbers must run 1, 2, 3... in the order they appear."""
+    found = [ex for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
+             for ex in _split(cell.source, index, where)[2]]
+    numbers = [ex.number for ex in found]
+    if list(dict.fromkeys(numbers)) != list(range(1, len(set(numbers)) + 1)):
+        raise MarkerError(f"{where}: exercises are numbered {numbers}; number them 1, 2, 3... "
+                          "in order (blocks of one exercise share its number)")
+    return found
 
 
 def normalised(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -37,6 +128,18 @@ def normalised(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return clean
 
 
+def solution_and_lab(nb: nbformat.NotebookNode, where: str = "notebook"
+                     ) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    exercises(nb, where)  # validates the markers and their numbering
+    solution, lab = normalised(nb), normalised(nb)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            solution_lines, lab_lines, _ = _split(cell.source, index, where)
+            solution.cells[index].source = "\n".join(solution_lines)
+            lab.cells[index].source = "\n".join(lab_lines)
+    return solution, lab
+
+
 def dumps(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
@@ -46,14 +149,15 @@ def generate(source: Path, solutions: Path, labs: Path) -> list[Path]:
     sources = sorted(source.glob("*.ipynb"))
     if not sources:
         raise FileNotFoundError(f"no notebooks in {source}")
+    # Parse everything first, so a marker error leaves every generated file untouched.
+    pairs = [(path, solution_and_lab(nbformat.read(path, as_version=4), str(path)))
+             for path in sources]
     written = []
-    for path in sources:
-        text = dumps(normalised(nbformat.read(path, as_version=4)))
-        # No exercise is marked yet, so the lab is the solution itself.
-        for folder in (solutions, labs):
+    for path, copies in pairs:
+        for folder, nb in zip((solutions, labs), copies, strict=True):
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / path.name
-            target.write_text(text)
+            target.write_text(dumps(nb))
             written.append(target)
     return written
 
@@ -64,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solutions", type=Path, default=Path("solutions"))
     parser.add_argument("--labs", type=Path, default=Path("labs"))
     args = parser.parse_args(argv)
-    for path in generate(args.source, args.solutions, args.labs):
+    try:
+        written = generate(args.source, args.solutions, args.labs)
+    except (MarkerError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 

@@ -1,0 +1,123 @@
+"""Lab generation: markers, the lab/solution splice, no leaked answers, labs stop at exercise 1."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from captioning_course import labs, profiles, runner
+from conftest import REPO
+
+SOURCES = sorted((REPO / "notebooks").glob("*.ipynb"))
+WITH_EXERCISES = [p for p in SOURCES if labs.exercises(nbformat.read(p, as_version=4))]
+
+CELL = """def f(x):
+    y = x + 1
+    ### BEGIN SOLUTION Exercise 1: double it
+    # TODO: return twice y.
+    return 2 * y
+    ### END SOLUTION"""
+
+
+def notebook(*sources: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+
+
+def test_solution_drops_markers_and_instructions_lab_keeps_instructions():
+    solution, lab = labs.solution_and_lab(notebook(CELL))
+    assert solution.cells[0].source == "def f(x):\n    y = x + 1\n    return 2 * y"
+    assert lab.cells[0].source == (
+        "def f(x):\n    y = x + 1\n    # TODO: return twice y.\n"
+        "    raise NotImplementedError('Exercise 1: double it')"
+    )
+
+
+def test_lab_placeholder_raises_naming_the_exercise():
+    _, lab = labs.solution_and_lab(notebook(CELL))
+    namespace: dict = {}
+    exec(lab.cells[0].source, namespace)  # noqa: S102
+    with pytest.raises(NotImplementedError, match="Exercise 1: double it"):
+        namespace["f"](1)
+
+
+@pytest.mark.parametrize("source,message", [
+    ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION", "needs a title 'Exercise N: what to do'"),
+    ("### BEGIN SOLUTION Exercise 1: x\nx = 1", "has no END SOLUTION"),
+    ("x = 1\n### END SOLUTION", "line 2: END without BEGIN"),
+    ("### BEGIN SOLUTION Exercise 1: x\n### BEGIN SOLUTION Exercise 2: y\n", "nested BEGIN"),
+    ("### BEGIN SOLUTION Exercise 1: x\n# TODO: only a hint\n### END SOLUTION", "no answer"),
+])
+def test_malformed_markers_are_named(source, message):
+    with pytest.raises(labs.MarkerError, match=f"lesson.ipynb, cell 0.*{message}|{message}"):
+        labs.solution_and_lab(notebook(source), "lesson.ipynb")
+
+
+def test_exercises_must_be_numbered_in_order():
+    first = "### BEGIN SOLUTION Exercise 2: b\nb = 2\n### END SOLUTION"
+    second = "### BEGIN SOLUTION Exercise 1: a\na = 1\n### END SOLUTION"
+    with pytest.raises(labs.MarkerError, match=r"numbered \[2, 1\]"):
+        labs.exercises(notebook(first, second))
+
+
+def test_a_marker_error_writes_nothing(tmp_path):
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    nbformat.write(notebook("x = 1"), source / "a_good.ipynb")
+    nbformat.write(notebook("### END SOLUTION"), source / "b_bad.ipynb")
+    with pytest.raises(labs.MarkerError, match="b_bad.ipynb"):
+        labs.generate(source, tmp_path / "solutions", tmp_path / "labs")
+    assert not (tmp_path / "solutions").exists() and not (tmp_path / "labs").exists()
+
+
+def test_lessons_have_exercises():
+    assert REPO / "notebooks" / "image_captioning.ipynb" in WITH_EXERCISES
+    main = labs.exercises(nbformat.read(WITH_EXERCISES[0], as_version=4))
+    assert len({exercise.number for exercise in main}) >= 5
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_lab_with_answers_spliced_in_equals_the_solution(source):
+    """Answers come from notebooks/, never from solutions/: the solution's run then proves the
+    lab's scaffolding too."""
+    lab = nbformat.read(REPO / "labs" / source.name, as_version=4)
+    solution = nbformat.read(REPO / "solutions" / source.name, as_version=4)
+    assert len(lab.cells) == len(solution.cells)
+    by_cell: dict[int, list[labs.Exercise]] = {}
+    for exercise in labs.exercises(nbformat.read(source, as_version=4)):
+        by_cell.setdefault(exercise.cell, []).append(exercise)
+    for index, (lab_cell, solution_cell) in enumerate(zip(lab.cells, solution.cells,
+                                                          strict=True)):
+        spliced = lab_cell.source
+        for exercise in by_cell.get(index, []):
+            placeholder = "\n".join(exercise.placeholder())
+            assert placeholder in spliced, f"cell {index}: placeholder of {exercise.title}"
+            spliced = spliced.replace(placeholder, "\n".join(exercise.answer), 1)
+        assert spliced == solution_cell.source, f"{source.name} cell {index} differs"
+        assert lab_cell.cell_type == solution_cell.cell_type
+        assert lab_cell.metadata == solution_cell.metadata
+
+
+@pytest.mark.parametrize("source", WITH_EXERCISES, ids=lambda p: p.name)
+def test_no_answer_appears_in_the_lab(source):
+    lab_text = "\n".join(c.source for c in nbformat.read(REPO / "labs" / source.name,
+                                                         as_version=4).cells)
+    for exercise in labs.exercises(nbformat.read(source, as_version=4)):
+        for line in exercise.answer:
+            if len(line.strip()) >= 10:
+                assert line.strip() not in lab_text, f"{exercise.title}: {line.strip()!r}"
+    assert "### BEGIN SOLUTION" not in lab_text and "### END SOLUTION" not in lab_text
+
+
+@pytest.mark.parametrize("source", WITH_EXERCISES, ids=lambda p: p.name)
+def test_lab_runs_until_its_first_exercise_and_stops_there(source, tmp_path):
+    lab_path = REPO / "labs" / source.name
+    [result] = runner.run([lab_path], profiles.SMOKE, REPO / "data", tmp_path,
+                          REPO / "sample_images")
+    first = labs.exercises(nbformat.read(source, as_version=4))[0]
+    assert result.status == "failed"
+    assert f"NotImplementedError: {first.title}" in result.failure
+    executed = nbformat.read(result.executed, as_version=4)
+    errors = [c for c in executed.cells if c.cell_type == "code"
+              and any(o.output_type == "error" for o in c.get("outputs", []))]
+    assert len(errors) == 1  # no cell before the exercise failed; nothing ran after it
+    assert f"raise NotImplementedError({first.title!r})" in errors[0].source
