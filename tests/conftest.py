@@ -33,25 +33,30 @@ def smoke_run() -> dict[str, runner.Result]:
     return {result.notebook.stem: result for result in results}
 
 
+def code_cells(notebook: Path) -> list:
+    import nbformat
+
+    return [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+
+
 def notebook_definitions(notebook: Path, *names: str) -> dict:
-    """Run a notebook's setup cell and the cells defining `names`; return the namespace.
+    """Run a notebook's setup and parameters cells and the cells defining `names`.
 
     Lessons keep model code in the notebook, so tests take functions from there rather than
-    from a copy that could drift.
+    from a copy that could drift. Returns the namespace.
     """
     import ast
 
-    import nbformat
-
-    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells
-             if c.cell_type == "code"]
+    cells = code_cells(notebook)
 
     def defines(source: str) -> bool:
         return any(isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in names
                    for node in ast.parse(source).body)
 
     namespace: dict = {}
-    chosen = [cells[0]] + [source for source in cells[1:] if defines(source)]
+    parameters = [c.source for c in cells if "parameters" in c.metadata.get("tags", [])]
+    chosen = [cells[0].source, *parameters]
+    chosen += [c.source for c in cells[1:] if defines(c.source)]
     for source in chosen:
         exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102
     missing = [name for name in names if name not in namespace]
