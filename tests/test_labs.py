@@ -24,7 +24,7 @@ def notebook(*sources: str) -> nbformat.NotebookNode:
 
 
 def test_solution_drops_markers_and_instructions_lab_keeps_instructions():
-    solution, lab = labs.solution_and_lab(notebook(CELL))
+    solution, lab, _ = labs.solution_and_lab(notebook(CELL))
     assert solution.cells[0].source == "def f(x):\n    y = x + 1\n    return 2 * y"
     assert lab.cells[0].source == (
         "def f(x):\n    y = x + 1\n    # TODO: return twice y.\n"
@@ -33,7 +33,7 @@ def test_solution_drops_markers_and_instructions_lab_keeps_instructions():
 
 
 def test_lab_placeholder_raises_naming_the_exercise():
-    _, lab = labs.solution_and_lab(notebook(CELL))
+    _, lab, _ = labs.solution_and_lab(notebook(CELL))
     namespace: dict = {}
     exec(lab.cells[0].source, namespace)  # noqa: S102
     with pytest.raises(NotImplementedError, match="Exercise 1: double it"):

@@ -96,16 +96,17 @@ def _split(source: str, cell: int, where: str) -> tuple[list[str], list[str], li
     return solution, lab, exercises
 
 
-def exercises(nb: nbformat.NotebookNode, where: str = "notebook") -> list[Exercise]:
-    """Every marked block, in order. One exercise may span several blocks (same title);
-    exercise numbers must run 1, 2, 3... in the order they appear."""
-    found = [ex for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
-             for ex in _split(cell.source, index, where)[2]]
+def _check_numbering(found: list[Exercise], where: str) -> None:
     numbers = [ex.number for ex in found]
     if list(dict.fromkeys(numbers)) != list(range(1, len(set(numbers)) + 1)):
         raise MarkerError(f"{where}: exercises are numbered {numbers}; number them 1, 2, 3... "
                           "in order (blocks of one exercise share its number)")
-    return found
+
+
+def exercises(nb: nbformat.NotebookNode, where: str = "notebook") -> list[Exercise]:
+    """Every marked block, in order. One exercise may span several blocks (same title);
+    exercise numbers must run 1, 2, 3... in the order they appear."""
+    return solution_and_lab(nb, where)[2]
 
 
 def normalised(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -129,15 +130,18 @@ def normalised(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def solution_and_lab(nb: nbformat.NotebookNode, where: str = "notebook"
-                     ) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
-    exercises(nb, where)  # validates the markers and their numbering
+                     ) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode, list[Exercise]]:
+    """The solution and the lab of a source notebook, and its exercises."""
     solution, lab = normalised(nb), normalised(nb)
+    found: list[Exercise] = []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            solution_lines, lab_lines, _ = _split(cell.source, index, where)
+            solution_lines, lab_lines, cell_exercises = _split(cell.source, index, where)
             solution.cells[index].source = "\n".join(solution_lines)
             lab.cells[index].source = "\n".join(lab_lines)
-    return solution, lab
+            found += cell_exercises
+    _check_numbering(found, where)
+    return solution, lab, found
 
 
 def dumps(nb: nbformat.NotebookNode) -> str:
@@ -150,7 +154,7 @@ def generate(source: Path, solutions: Path, labs: Path) -> list[Path]:
     if not sources:
         raise FileNotFoundError(f"no notebooks in {source}")
     # Parse everything first, so a marker error leaves every generated file untouched.
-    pairs = [(path, solution_and_lab(nbformat.read(path, as_version=4), str(path)))
+    pairs = [(path, solution_and_lab(nbformat.read(path, as_version=4), str(path))[:2])
              for path in sources]
     written = []
     for path, copies in pairs:
