@@ -33,6 +33,15 @@ def smoke_run() -> dict[str, runner.Result]:
     return {result.notebook.stem: result for result in results}
 
 
+def printed_text(executed: Path) -> str:
+    """Everything an executed notebook's code cells printed."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    return "".join(output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []))
+
+
 def code_cells(notebook: Path) -> list:
     import nbformat
 

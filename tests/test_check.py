@@ -12,7 +12,7 @@ from keras import layers, ops
 
 from captioning_course import check, labs
 from captioning_course.check import SelfCheckFailed
-from conftest import REPO, code_cells, notebook_definitions
+from conftest import REPO, code_cells, notebook_definitions, printed_text
 
 LESSON = REPO / "solutions" / "image_captioning.ipynb"
 CAPTIONS = ["<start> a red circle on the left <end>", "<start> A big, blue square. <end>"]
@@ -52,8 +52,7 @@ def fails_with(pattern: str):
 def test_every_check_passes_in_the_executed_solution(smoke_run):
     import nbformat
 
-    executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
-    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    printed = printed_text(smoke_run["image_captioning"].executed)
     numbers = {ex.number for ex in labs.exercises(
         nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4))}
     passed = {int(n) for n in re.findall(r"^PASS Exercise (\d+)", printed, flags=re.M)}

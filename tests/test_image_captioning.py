@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REPO, notebook_definitions
+from conftest import REPO, notebook_definitions, printed_text
 
 LESSON = REPO / "solutions" / "image_captioning.ipynb"
 
@@ -87,11 +87,7 @@ def test_a_wrong_prediction_on_a_real_token_raises_the_loss(masked_loss):
 
 
 def test_predict_caption_names_bad_input_in_the_executed_lesson(smoke_run):
-    import nbformat
-
-    executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
-    printed = "".join(output.get("text", "") for cell in executed.cells
-                      if cell.cell_type == "code" for output in cell.get("outputs", []))
+    printed = printed_text(smoke_run["image_captioning"].executed)
     assert "FileNotFoundError: no image file at" in printed
     assert "no_such_photo.jpg" in printed
     assert "ValueError:" in printed and "notes.jpg is not a readable image" in printed

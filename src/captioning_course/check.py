@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from typing import NoReturn
 
 import keras
 import numpy as np
@@ -20,7 +21,7 @@ class SelfCheckFailed(Exception):
     """An exercise's answer does not behave as it should; the message says why."""
 
 
-def _fail(exercise: str, problem: str) -> None:
+def _fail(exercise: str, problem: str) -> NoReturn:
     raise SelfCheckFailed(f"{exercise}: {problem}")
 
 
