@@ -25,7 +25,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
+	$(PY) -m captioning_course.kernel
 	touch $@
 
 data: install

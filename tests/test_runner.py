@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from captioning_course import record, runner
+from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
 
 PLAIN = Profile(name="plain", description="no overrides", timeout_s=300, data_slice=None,
@@ -20,8 +21,7 @@ def write_notebook(folder: Path, name: str, *cells: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(cells[0], metadata={"tags": ["parameters"]})]
     nb.cells += [nbformat.v4.new_code_cell(source) for source in cells[1:]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path

@@ -14,8 +14,8 @@ answer and drops the markers and instructions; the lab keeps the instructions an
 the answer with `raise NotImplementedError("Exercise 2: shift the target")`, so running a
 lab stops at the first unanswered exercise with a message that names it.
 
-Both copies are stored clean: no outputs, no execution counts, normalised metadata (kernel
-`python3`), cell tags kept and cell ids numbered, so generating twice gives identical bytes.
+Both copies are stored clean: no outputs, no execution counts, normalised metadata (the course
+kernel), cell tags kept and cell ids numbered, so generating twice gives identical bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import nbformat
 
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+from captioning_course.kernel import KERNELSPEC
+
 BEGIN = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION(?P<title>.*)$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
 TITLE = re.compile(r"^Exercise (?P<number>\d+): \S.*$")

@@ -28,6 +28,7 @@ import nbformat
 import papermill
 
 from captioning_course import data_slice, profiles, record
+from captioning_course.kernel import KERNEL_NAME
 from captioning_course.profiles import Profile
 
 # Path parameters the runner fills in for every notebook that declares them, as absolute
@@ -96,7 +97,7 @@ def _execute(notebook: Path, executed: Path, parameters: dict[str, Any], timeout
              prepare_only: bool) -> str:
     command = [
         sys.executable, "-m", "papermill", str(notebook), str(executed),
-        "--cwd", str(notebook.parent), "--kernel", "python3",
+        "--cwd", str(notebook.parent), "--kernel", KERNEL_NAME,
         "--parameters_yaml", json.dumps(parameters),  # JSON is valid YAML
         "--progress-bar" if not prepare_only else "--prepare-only",
     ]
