@@ -3,30 +3,46 @@ PROFILE ?= smoke
 NOTEBOOKS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
-INSTALLED := $(VENV)/.installed
+# The first Python that TensorFlow 2.21 supports (3.10 to 3.13), unless PYTHON is given.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do \
+	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' \
+	2>/dev/null && { echo $$p; break; }; done)
+# GPU=1 adds TensorFlow's CUDA libraries; by default, when an NVIDIA GPU answers.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+INSTALLED := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu)
+TENSORFLOW_PIN := $(shell grep -oE '^tensorflow==[^ ;#]+' requirements.txt)
 
-.PHONY: help install data execute-solutions test labs lint nbval clean
+.PHONY: help install lab data execute-solutions test labs lint nbval clean
 
 help:
-	@echo "make install            create .venv with the pinned environment and the python3 kernel"
-	@echo "make execute-solutions  run every solution headless [PROFILE=smoke|full] [NOTEBOOKS=...]"
-	@echo "make test               run the test suite (executes every solution in the smoke profile)"
+	@echo "make install            create .venv with the pinned environment and register the"
+	@echo "                        kernel 'Python (captioning course)' [GPU=1] [PYTHON=python3.X]"
+	@echo "make lab                start the course's JupyterLab on labs/"
+	@echo "make execute-solutions  run every solution headless [PROFILE=smoke|rehearsal|full] [NOTEBOOKS=...]"
+	@echo "make test               run the test suite (executes every solution: smoke and rehearsal)"
 	@echo "make data               generate the offline data slice in data/"
 	@echo "make labs               regenerate solutions/ and labs/ from notebooks/"
 	@echo "make lint               ruff on .py and .ipynb"
-	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=smoke|full]"
+	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=...]"
 
 install: $(INSTALLED)
 
-# Rebuilt whenever the pins or the package metadata change. The kernel named python3 is
-# installed inside .venv, so papermill, nbval and Jupyter run every lesson in this environment.
+# Rebuilt whenever the pins or the package metadata change.
 $(INSTALLED): requirements.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make install needs Python 3.10 to 3.13 (the versions TensorFlow 2.21 supports): install one, e.g. python3.11, or name it with PYTHON=..."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+ifeq ($(GPU),1)
+	$(PY) -m pip install --quiet "$(subst tensorflow==,tensorflow[and-cuda]==,$(TENSORFLOW_PIN))"
+endif
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m captioning_course.kernel
+	$(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])" 2>/dev/null
 	touch $@
+
+lab: install
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/labs
 
 data: install
 	$(PY) -m captioning_course.data_slice --data-dir data
