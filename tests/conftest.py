@@ -20,17 +20,28 @@ def tiny_slice_dir(tmp_path_factory) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def smoke_run() -> dict[str, runner.Result]:
-    """Every solution executed once in the smoke profile, as `make execute-solutions` does.
+def run_every_solution(profile: profiles.Profile) -> dict[str, runner.Result]:
+    """Every solution executed once under `profile`, as `make execute-solutions` does.
 
-    Executed copies and records stay in build/smoke/ for inspection after the tests.
+    Executed copies and records stay in build/PROFILE/ for inspection after the tests.
     """
     notebooks = sorted((REPO / "solutions").glob("*.ipynb"))
-    results = runner.run(notebooks, profiles.SMOKE, REPO / "data", REPO / "build",
+    results = runner.run(notebooks, profile, REPO / "data", REPO / "build",
                          REPO / "sample_images")
     print(runner.summary_table(results))
     return {result.notebook.stem: result for result in results}
+
+
+@pytest.fixture(scope="session")
+def smoke_run() -> dict[str, runner.Result]:
+    """The course at small scale: it must learn."""
+    return run_every_solution(profiles.SMOKE)
+
+
+@pytest.fixture(scope="session")
+def rehearsal_run() -> dict[str, runner.Result]:
+    """The full profile's sizes and code paths on a few dozen images: it must run."""
+    return run_every_solution(profiles.REHEARSAL)
 
 
 def printed_text(executed: Path) -> str:

@@ -1,8 +1,16 @@
-"""Profiles: one notebook, two scales.
+"""Profiles: one notebook, three scales.
 
 A lesson's `parameters` cell holds the real course (`full`): COCO through TFDS, ImageNet
 weights, the seed's sizes. A profile is the set of overrides papermill injects on top of
 those defaults. Notebooks never branch on the profile's name; only these values change.
+
+- `smoke`: the offline data slice, random encoder weights, sizes a 2-core CPU trains in
+  minutes; it shows that the model learns.
+- `rehearsal`: the full profile's sizes and code paths (image size, vocabulary cap, caption
+  length, model width, batch, the CNN inside the model, encoder weights loaded from a file)
+  on a few dozen slice images and one short epoch; it shows that the code a student runs on
+  a GPU executes, not that it learns.
+- `full`: the defaults, for a GPU machine with COCO and ImageNet weights.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from typing import Any
 
 from captioning_course.data_slice import NAME as SLICE_NAME
 from captioning_course.data_slice import SliceParams
+from captioning_course.weights import RandomWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +30,7 @@ class Profile:
     timeout_s: int  # wall-clock limit for one notebook
     data_slice: SliceParams | None  # when set, the runner prepares it and injects DATA_DIR
     overrides: dict[str, dict[str, Any]]  # notebook stem -> parameters; "*" applies to all
+    needs_gpu: bool = False  # the runner warns before such a run on a machine without one
 
     def overrides_for(self, notebook_stem: str) -> dict[str, Any]:
         return {**self.overrides.get("*", {}), **self.overrides.get(notebook_stem, {})}
@@ -46,15 +56,31 @@ SMOKE = Profile(
     },
 )
 
+REHEARSAL = Profile(
+    name="rehearsal",
+    description="full sizes and code paths on a few dozen slice images, one short epoch",
+    timeout_s=20 * 60,
+    data_slice=SliceParams(),
+    overrides={
+        "*": {"DATASET": SLICE_NAME},
+        "image_captioning": {
+            "TRAIN_SPLIT": "train[:64]",
+            "EVAL_IMAGES": 32,
+            "ENCODER_WEIGHTS": RandomWeights("InceptionResNetV2"),
+        },
+    },
+)
+
 FULL = Profile(
     name="full",
     description="the notebooks' own defaults: COCO captions, ImageNet weights (needs a GPU)",
     timeout_s=12 * 60 * 60,
     data_slice=None,
     overrides={},
+    needs_gpu=True,
 )
 
-PROFILES = {profile.name: profile for profile in (SMOKE, FULL)}
+PROFILES = {profile.name: profile for profile in (SMOKE, REHEARSAL, FULL)}
 
 
 def get(name: str) -> Profile:
