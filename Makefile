@@ -25,7 +25,10 @@ help:
 	@echo "make lint               ruff on .py and .ipynb"
 	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=...]"
 
+# The kernel is registered on every call: `make install` is what a lesson opened in the wrong
+# kernel tells the student to run, and it must point the kernel at this clone.
 install: $(INSTALLED)
+	@$(PY) -m captioning_course.kernel
 
 # Rebuilt whenever the pins or the package metadata change.
 $(INSTALLED): requirements.txt pyproject.toml
@@ -37,7 +40,6 @@ ifeq ($(GPU),1)
 	$(PY) -m pip install --quiet "$(subst tensorflow==,tensorflow[and-cuda]==,$(TENSORFLOW_PIN))"
 endif
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m captioning_course.kernel
 	$(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])" 2>/dev/null
 	touch $@
 

@@ -10,6 +10,7 @@ import papermill
 import pytest
 
 from captioning_course import labs
+from captioning_course.kernel import KERNELSPEC
 from conftest import REPO
 
 SOURCES = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -24,10 +25,10 @@ def test_there_are_lessons():
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(REPO)))
-def test_stored_clean_with_python3_kernel(path):
+def test_stored_clean_with_the_course_kernel(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata.kernelspec == KERNELSPEC
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert cell.outputs == [], f"cell {index} has outputs"
