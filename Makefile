@@ -43,8 +43,10 @@ endif
 	$(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])" 2>/dev/null
 	touch $@
 
+# Jupyter refuses to run as root unless told; containers often run as root.
 lab: install
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/labs
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/labs \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 data: install
 	$(PY) -m captioning_course.data_slice --data-dir data
