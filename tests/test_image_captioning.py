@@ -88,6 +88,27 @@ def test_a_wrong_prediction_on_a_real_token_raises_the_loss(masked_loss):
 
 def test_predict_caption_names_bad_input_in_the_executed_lesson(smoke_run):
     printed = printed_text(smoke_run["image_captioning"].executed)
-    assert "FileNotFoundError: no image file at" in printed
-    assert "no_such_photo.jpg" in printed
-    assert "ValueError:" in printed and "notes.jpg is not a readable image" in printed
+    assert "FileNotFoundError: no image file at" in printed and "no_such_photo.jpg" in printed
+    assert "SOURCES.md is not a readable image: unknown format" in printed
+    assert "sample_images is a folder, not an image file" in printed
+
+
+@pytest.fixture(scope="module")
+def attention_in_boxes():
+    return notebook_definitions(LESSON, "attention_in_boxes")["attention_in_boxes"]
+
+
+def test_attention_in_boxes_weighs_cells_by_their_area_inside(attention_in_boxes):
+    weights = np.zeros((3, 3))
+    weights[0, 0] = 1.0
+    top_left_cell = [(0.0, 0.0, 1 / 3, 1 / 3)]
+    assert attention_in_boxes(weights, top_left_cell) == pytest.approx((1.0, 1 / 9))
+    uniform = np.full((3, 3), 1 / 9)
+    mass, share = attention_in_boxes(uniform, [(0.1, 0.2, 0.6, 0.9)])
+    assert mass == pytest.approx(share, abs=1e-9)
+    assert share == pytest.approx(0.5 * 0.7, abs=0.02)
+
+
+def test_attention_in_boxes_takes_float32_boxes_as_tfds_stores_them(attention_in_boxes):
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5]], dtype=np.float32)
+    assert attention_in_boxes(np.full((2, 2), 0.25), boxes) == pytest.approx((0.25, 0.25))

@@ -1,8 +1,7 @@
-"""Caption metrics glue and the attention-in-box measure."""
+"""Caption metrics glue: tokenized text, COCO scorers, with or without Java."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from captioning_course import metrics
@@ -35,14 +34,3 @@ def test_mismatched_ids_are_refused():
 
 def test_python_tokenizer_drops_case_and_punctuation():
     assert metrics.python_tokenize("A dog, on the Beach!") == "a dog on the beach"
-
-
-def test_attention_in_boxes():
-    weights = np.zeros((3, 3))
-    weights[0, 0] = 1.0
-    top_left_cell = [(0.0, 0.0, 1 / 3, 1 / 3)]
-    assert metrics.attention_in_boxes(weights, top_left_cell) == pytest.approx((1.0, 1 / 9))
-    uniform = np.full((3, 3), 1 / 9)
-    mass, share = metrics.attention_in_boxes(uniform, [(0.1, 0.2, 0.6, 0.9)])
-    assert mass == pytest.approx(share, abs=1e-9)
-    assert share == pytest.approx(0.5 * 0.7, abs=0.02)

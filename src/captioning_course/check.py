@@ -3,12 +3,14 @@
 Each check prints one line starting with "PASS" when the answer behaves like the solution,
 and otherwise raises `SelfCheckFailed` with one line saying what is wrong and where to look,
 so a lab stops at the exercise that needs work instead of failing later in a confusing way.
-Checks take seconds on a CPU and need no dataset.
+An exception raised inside the student's code becomes such a line too, naming the exception.
+Checks take seconds on a CPU, need no dataset, and use public Keras APIs only.
 """
 
 from __future__ import annotations
 
-import types
+import re
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -21,12 +23,37 @@ class SelfCheckFailed(Exception):
     """An exercise's answer does not behave as it should; the message says why."""
 
 
-def _fail(exercise: str, problem: str) -> NoReturn:
-    raise SelfCheckFailed(f"{exercise}: {problem}")
+def _fail(exercise: str, problem: str, cause: BaseException | None = None) -> NoReturn:
+    raise SelfCheckFailed(f"{exercise}: {problem}") from cause
 
 
 def _pass(exercise: str, what: str) -> None:
     print(f"PASS {exercise}: {what}")
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    """An exception as `Type: message` on one short line, without Keras's and TensorFlow's
+    preambles, colours and operation names, nor tf.function's copy of the traceback."""
+    text = str(error)
+    if text.startswith("in user code:"):  # tf.function: the code lines, then the error
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text.split("Arguments received by")[0])
+    text = re.sub(r"Exception encountered when calling \S+\.", "", text)
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]( name:.*)?", "", text)
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _run(exercise: str, name: str, function: Callable, *args, **kwargs):
+    """Call the student's `function`; an exception in it becomes a one-line failure."""
+    try:
+        return function(*args, **kwargs)
+    except SelfCheckFailed:
+        raise
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        _fail(exercise, f"{name} raised {_one_line(error)}", error)
 
 
 # Exercise 1 ---------------------------------------------------------------------------------
@@ -48,10 +75,19 @@ def tokenizer(layer, vocab_size: int, max_caption_len: int) -> None:
     if len(vocabulary) <= 2:
         _fail(exercise, "the vocabulary is empty: call tokenizer.adapt(...) on the captions")
     if "<start>" not in vocabulary or "<end>" not in vocabulary:
-        _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: the default "
-                        "standardisation strips '<' and '>'; pass standardize=standardize")
+        standardize = config["standardize"]
+        if callable(standardize):
+            _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: your standardize "
+                            "function strips '<' and '>'; leave them out of the characters it "
+                            "removes")
+        if isinstance(standardize, str) and "strip_punctuation" in standardize:
+            _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: the default "
+                            "standardisation strips '<' and '>'; pass standardize=standardize")
+        _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: adapt the tokenizer "
+                        "on the captions with add_start_end(...) applied")
     # A stray "." is its own word after splitting, so it shows even when "dog" is unknown.
-    tidy, messy = layer(tf.constant(["<start> a dog <end>", "<start> A dog . <end>"])).numpy()
+    tidy, messy = _run(exercise, "the tokenizer", layer,
+                       tf.constant(["<start> a dog <end>", "<start> A dog . <end>"])).numpy()
     if not np.array_equal(tidy, messy):
         _fail(exercise, "'A dog .' and 'a dog' give different tokens: capitals or punctuation "
                         "survive; pass standardize=standardize")
@@ -65,7 +101,7 @@ def ds_fn(create_ds_fn: Callable, tokenizer_layer) -> None:
     exercise = "Exercise 2 (create_ds_fn)"
     image = tf.fill([4, 4, 3], 0.5)
     caption = tf.constant("<start> a dog runs <end>")
-    result = create_ds_fn(image, caption)
+    result = _run(exercise, "create_ds_fn", create_ds_fn, image, caption)
     try:
         (image_out, tokens), target = result
     except (TypeError, ValueError):
@@ -96,103 +132,325 @@ def ds_fn(create_ds_fn: Callable, tokenizer_layer) -> None:
 
 # Exercise 3 ---------------------------------------------------------------------------------
 
-def decoder(decoder_model, embedding, gru, attention, vocab_size: int,
-            attention_dim: int) -> None:
-    """The decoder's Embedding and GRU settings, and which tensors feed the attention."""
-    exercise = "Exercise 3 (decoder)"
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _attend_outputs(exercise: str, attend: Callable, query: np.ndarray, value: np.ndarray):
+    """attend's (context, weights) as arrays, or a failure naming what it returned instead."""
+    result = _run(exercise, "attend", attend, tf.constant(query, dtype="float32"),
+                  tf.constant(value, dtype="float32"))
+    if result is None:
+        _fail(exercise, "attend returns None: return what decoder_attention(...) returns")
+    if not isinstance(result, tuple | list) and hasattr(result, "shape"):
+        _fail(exercise, "attend returns a single tensor, the context only: call "
+                        "decoder_attention with return_attention_scores=True so it returns "
+                        "the weights too")
+    both = ("attend should return two tensors, the context vectors and the attention "
+            "weights, as decoder_attention(..., return_attention_scores=True) does")
+    if not isinstance(result, tuple | list):
+        _fail(exercise, f"{both}; it returns a {type(result).__name__}")
+    if len(result) != 2:
+        _fail(exercise, f"{both}; it returns {len(result)} items")
+    try:
+        context, weights = (np.asarray(item, dtype="float64") for item in result)
+    except (TypeError, ValueError):
+        _fail(exercise, both)
+    if any(item is None for item in result) or context.ndim != 3 or weights.ndim != 3:
+        _fail(exercise, f"{both}; it returns items of shapes {context.shape} and "
+                        f"{weights.shape}")
+    return context, weights
+
+
+def _weighted_sum_of(context: np.ndarray, weights: np.ndarray, tensors: dict) -> str | None:
+    """The name of the tensor whose rows, mixed by `weights`, give `context`."""
+    for name, tensor in tensors.items():
+        if (weights.ndim == 3 and weights.shape[0] == tensor.shape[0]
+                and weights.shape[-1] == tensor.shape[1]):
+            if _close(context, weights @ tensor):
+                return name
+    return None
+
+
+def attention(embedding, gru, attend: Callable, vocab_size: int, attention_dim: int, *,
+              words: int = 5, regions: int = 7) -> None:
+    """The decoder's Embedding and GRU settings, and attend's query, value and outputs.
+
+    attend runs on a made-up GRU output of `words` positions and image features of `regions`
+    regions. The roles are read from the values, not only the shapes, so a swap is named
+    even when `words == regions`: the image features are positive, like the encoder's ReLU
+    output, and the context must be a weighted sum of their rows; reversing the words must
+    reverse the output rows (the words ask), and reversing the regions must leave the context
+    unchanged (the regions answer, whatever their order).
+    """
+    exercise = "Exercise 3 (embedding, GRU and attention)"
+    if not isinstance(embedding, keras.layers.Embedding):
+        _fail(exercise, f"word_embedding should be a layers.Embedding, got "
+                        f"{type(embedding).__name__}")
     if (embedding.input_dim, embedding.output_dim) != (vocab_size, attention_dim):
         _fail(exercise, f"the Embedding maps {embedding.input_dim} ids to "
                         f"{embedding.output_dim} values; it should map the vocabulary "
-                        f"({vocab_size} ids) to ATTENTION_DIM ({attention_dim}) values")
+                        f"(len(vocabulary) = {vocab_size} ids) to ATTENTION_DIM "
+                        f"({attention_dim}) values")
+    if not isinstance(gru, keras.layers.GRU):
+        _fail(exercise, f"decoder_gru should be a layers.GRU, got {type(gru).__name__}")
     if gru.units != attention_dim:
         _fail(exercise, f"the GRU has {gru.units} units; use ATTENTION_DIM ({attention_dim}) "
                         "so its output can be added to the context vector")
-    if not (gru.return_sequences and gru.return_state):
+    if not (gru.return_sequences or gru.return_state):
         _fail(exercise, "the GRU needs return_sequences=True (a vector per word) and "
                         "return_state=True (the inference model carries the state)")
-    if attention not in decoder_model.layers or not attention._inbound_nodes:
-        _fail(exercise, "the decoder model does not use the attention layer")
-    # The decoder is the layer's first caller (the inference model reuses it later).
-    query, value = attention._inbound_nodes[0].arguments.args[0][:2]
-    if query._keras_history.operation is not gru:
-        swapped = value._keras_history.operation is gru
-        _fail(exercise, "query and value are swapped: call attention([gru_output, "
-                        "image_features]); the words ask, the image answers" if swapped else
-                        "the attention query must be the GRU output")
-    inputs = [tensor._keras_history.operation for tensor in decoder_model.inputs]
-    if value._keras_history.operation not in inputs:
-        _fail(exercise, "the attention value must be the image features input of the decoder")
-    _pass(exercise, "embedding and GRU sized right; GRU output attends over image features")
+    if not gru.return_sequences:
+        _fail(exercise, "the GRU needs return_sequences=True: one output vector per word, "
+                        "not only the last one")
+    if not gru.return_state:
+        _fail(exercise, "the GRU needs return_state=True: the inference model carries the "
+                        "state from one word to the next")
+
+    rng = np.random.default_rng(0)
+    scale = (9 / attention_dim) ** 0.25  # dot products of about unit size
+    gru_output = rng.uniform(-1, 1, (2, words, attention_dim)) * scale
+    features = rng.uniform(0, 1, (2, regions, attention_dim)) * scale
+    context, weights = _attend_outputs(exercise, attend, gru_output, features)
+    if not (np.isfinite(context).all() and np.isfinite(weights).all()):
+        _fail(exercise, "attend returns NaN or infinite values")
+    inputs = {"image_features": features, "gru_output": gru_output}
+    value = _weighted_sum_of(context, weights, inputs)
+    if value is None and _weighted_sum_of(weights, context, inputs):
+        _fail(exercise, "attend returns the weights first: return the context vectors, then "
+                        "the weights, in the order decoder_attention gives them")
+    if value is None:
+        _fail(exercise, "the context is not a weighted sum of the image features: call "
+                        "decoder_attention([gru_output, image_features], "
+                        "return_attention_scores=True) and return its result")
+    if (weights == 0).any():
+        _fail(exercise, "some attention weights are 0: pass no mask and no use_causal_mask; "
+                        "every word may look at every region")
+    reversed_words = _attend_outputs(exercise, attend, gru_output[:, ::-1], features)
+    words_ask = _close(reversed_words[0], context[:, ::-1])  # one context row per word
+    if value == "gru_output":
+        if words_ask:
+            _fail(exercise, "the value is the GRU output itself, so the words attend to each "
+                            "other: pass the image features as the value, "
+                            "[gru_output, image_features]")
+        _fail(exercise, "query and value are swapped: call decoder_attention([gru_output, "
+                        "image_features]); the words ask, the image answers")
+    reversed_regions = _attend_outputs(exercise, attend, gru_output, features[:, ::-1])
+    regions_answer = (_close(reversed_regions[0], context)  # the regions' order is irrelevant
+                      and _close(reversed_regions[1], weights[:, :, ::-1]))
+    wrong_key = ("the weights do not compare the words with the image regions: leave out the "
+                 "key (it defaults to the value) or pass the image features")
+    if _close(reversed_regions[1], weights):  # the weights ignore the regions altogether
+        _fail(exercise, wrong_key)
+    if not words_ask:
+        _fail(exercise, "the attention query must be the GRU output: call "
+                        "decoder_attention([gru_output, image_features]); the words ask")
+    if not regions_answer:
+        _fail(exercise, wrong_key)
+    if context.shape != (2, words, attention_dim) or weights.shape != (2, words, regions):
+        _fail(exercise, f"for {words} words and {regions} regions attend returns a context of "
+                        f"shape {context.shape} and weights of shape {weights.shape}; expected "
+                        f"{(2, words, attention_dim)} and {(2, words, regions)}")
+    _pass(exercise, "embedding and GRU sized right; the GRU output attends over the image "
+                    "features")
 
 
 # Exercise 4 ---------------------------------------------------------------------------------
 
+# A fixed batch of three captions of 3, 4 and 2 tokens, padded to 7 with 0, over 300 ids.
+LOSS_TARGETS = np.array([[3, 4, 2, 0, 0, 0, 0], [5, 6, 3, 2, 0, 0, 0], [4, 2, 0, 0, 0, 0, 0]])
+# The logits are built to give these per-token losses, and their argmax is a word (not 0)
+# exactly where PREDICTED_WORD is 1: chosen so that every typical mistake gives a loss far
+# from the right one and from each other (the tests assert it).
+PER_TOKEN_LOSS = np.array([[0.2, 0.2, 1.2, 6.0, 7.5, 7.5, 0.2],
+                           [2.2, 2.3, 2.5, 7.0, 3.4, 8.0, 0.2],
+                           [0.2, 1.0, 2.6, 4.0, 8.0, 8.0, 1.4]])
+PREDICTED_WORD = np.array([[1, 1, 0, 1, 1, 1, 0], [0, 1, 1, 0, 1, 1, 0], [1, 0, 1, 1, 1, 1, 0]])
+
+
+def _loss_logits(vocab_size: int = 300) -> np.ndarray:
+    logits = np.full((*LOSS_TARGETS.shape, vocab_size), -30.0)
+    for position in np.ndindex(LOSS_TARGETS.shape):
+        target, loss = LOSS_TARGETS[position], PER_TOKEN_LOSS[position]
+        logits[position][target] = 0.0
+        if PREDICTED_WORD[position] == (target != 0):  # the target wins, with `loss` left
+            others = np.arange(vocab_size) != target
+            logits[position][others] = np.log(np.expm1(loss) / (vocab_size - 1))
+        else:  # another id wins: padding for a word, a word for padding
+            logits[position][0 if target else 9] = np.log(np.expm1(loss))
+    return logits.astype("float32")
+
+
+LOSS_LOGITS = _loss_logits()
+
+# What each typical mistake is told; a variant "name:detail" is told the message of "name".
+LOSS_MISTAKES = {
+    "predicted_mask": "the mask comes from the predictions: build it from the targets, "
+                      "targets != 0, which say where the real words are",
+    "shifted_mask": "the mask is shifted by one position: build it from targets != 0 at the "
+                    "same positions as the per-token losses",
+    "padding_counted": "padding is counted: multiply the per-token loss by a mask of "
+                       "targets != 0 before averaging",
+    "mean_of_masked": "the masked losses are averaged over every position, padding "
+                      "included: divide their sum by the number of real tokens, ops.sum(mask)",
+    "summed": "the loss is summed; divide by the number of real tokens",
+    "unmasked_sum": "the padded positions' losses are still in the sum: multiply by the "
+                    "mask before summing",
+    "per_caption": "each caption is averaged separately, so short captions weigh more; "
+                   "divide the batch's total by its number of real tokens",
+    "logits_as_probabilities": "the cross-entropy treats the logits as probabilities: the "
+                               "decoder outputs raw logits, so pass from_logits=True",
+    "softmax_twice": "softmax is applied twice: with from_logits=True pass the raw logits, "
+                     "not softmax(logits)",
+}
+
+
+def loss_variants() -> dict[str, float]:
+    """The right masked loss ("correct") and each typical mistake's value on the fixed batch."""
+    def cross_entropy(predictions, from_logits=True):
+        return keras.losses.sparse_categorical_crossentropy(
+            tf.constant(LOSS_TARGETS), tf.constant(predictions), from_logits=from_logits
+        ).numpy().astype("float64")
+
+    def masked_mean(per_token, mask):
+        return float((per_token * mask).sum() / mask.sum())
+
+    per_token = cross_entropy(LOSS_LOGITS)
+    real = (LOSS_TARGETS != 0).astype("float64")
+    column = np.ones_like(real[:, :1])
+    return {
+        "correct": masked_mean(per_token, real),
+        "predicted_mask": masked_mean(per_token, LOSS_LOGITS.argmax(-1) != 0),
+        "shifted_mask:later": masked_mean(per_token, np.hstack([0 * column, real[:, :-1]])),
+        "shifted_mask:inputs": masked_mean(per_token, np.hstack([column, real[:, :-1]])),
+        "shifted_mask:earlier": masked_mean(per_token, np.hstack([real[:, 1:], 0 * column])),
+        "shifted_mask:rolled": masked_mean(per_token, np.hstack([real[:, 1:], column])),
+        "padding_counted": float(per_token.mean()),
+        "mean_of_masked": float((per_token * real).mean()),
+        "summed": float((per_token * real).sum()),
+        "unmasked_sum": float(per_token.sum() / real.sum()),
+        "per_caption": float(((per_token * real).sum(1) / real.sum(1)).mean()),
+        "logits_as_probabilities": masked_mean(cross_entropy(LOSS_LOGITS, from_logits=False),
+                                               real),
+        "softmax_twice": masked_mean(cross_entropy(keras.ops.softmax(LOSS_LOGITS).numpy()),
+                                     real),
+    }
+
+
 def masked_loss(loss: Callable) -> None:
-    """The loss averages cross-entropy over real tokens only."""
+    """The loss averages cross-entropy from logits over real (target != 0) tokens only."""
     exercise = "Exercise 4 (masked_loss)"
-    rng = np.random.default_rng(0)
-    targets = np.array([[3, 4, 2, 0, 0, 0], [5, 2, 0, 0, 0, 0]])
-    logits = rng.normal(size=(2, 6, 7)).astype("float32")
-    per_token = keras.losses.sparse_categorical_crossentropy(
-        targets, logits, from_logits=True).numpy()
-    real = targets != 0
-    value = np.asarray(loss(targets, logits))
+    result = _run(exercise, "masked_loss", loss, tf.constant(LOSS_TARGETS),
+                  tf.constant(LOSS_LOGITS))
+    if result is None:
+        _fail(exercise, "masked_loss returns None: return the averaged loss")
+    try:
+        value = np.asarray(result, dtype="float64")
+    except (TypeError, ValueError):
+        _fail(exercise, f"return one number (a scalar), not a {type(result).__name__}")
     if value.shape != ():
         _fail(exercise, f"return one number (a scalar), not shape {value.shape}")
     value = float(value)
-    if np.isclose(value, per_token[real].mean(), rtol=1e-4):
+    if not np.isfinite(value):
+        _fail(exercise, f"the loss is {value}: look for a division by zero or the log of 0")
+    variants = loss_variants()
+    if np.isclose(value, variants["correct"], rtol=1e-4):
+        try:  # as in training, where Keras traces the loss into a graph
+            tf.function(loss)(tf.constant(LOSS_TARGETS), tf.constant(LOSS_LOGITS))
+        except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+            _fail(exercise, "the value is right, but masked_loss fails inside a tf.function as "
+                            "in training: use keras.ops, not NumPy; it raised "
+                            f"{_one_line(error, 100)}", error)
         _pass(exercise, "padding is ignored and the loss is averaged over real tokens")
         return
-    if np.isclose(value, per_token.mean(), rtol=1e-4):
-        _fail(exercise, "padding is counted: multiply the per-token loss by a mask of "
-                        "targets != 0 before averaging")
-    if np.isclose(value, per_token[real].sum(), rtol=1e-4):
-        _fail(exercise, "the loss is summed; divide by the number of real tokens")
-    if np.isclose(value, per_token.sum() / real.sum(), rtol=1e-4):
-        _fail(exercise, "the padded positions' losses are still in the sum: multiply by the "
-                        "mask before summing")
-    if np.isclose(value, np.mean([row[mask].mean() for row, mask in zip(per_token, real,
-                                                                         strict=True)]),
-                  rtol=1e-4):
-        _fail(exercise, "each caption is averaged separately, so short captions weigh more; "
-                        "divide the batch's total by its number of real tokens")
-    _fail(exercise, f"expected {per_token[real].mean():.4f} for a fixed batch, got {value:.4f}: "
+    for name, expected in variants.items():
+        if np.isclose(value, expected, rtol=1e-4):
+            _fail(exercise, LOSS_MISTAKES[name.partition(":")[0]])
+    _fail(exercise, f"expected {variants['correct']:.4f} for a fixed batch, got {value:.4f}: "
                     "cross-entropy from logits, masked where targets == 0, averaged")
 
 
 # Exercise 5 ---------------------------------------------------------------------------------
 
 CHECK_VOCABULARY = ["", "[UNK]", "<start>", "<end>", "a", "red", "circle", "left"]
+BANNED_WORDS = ("", "[UNK]", "<start>")
 # Two images with scripted captions: the scripted step model says which word follows which,
 # and its state counts the steps, so a loop that drops the state or the fed-back word is seen.
 SCRIPTS = (["a", "red", "circle", "left"], ["red", "circle"])
+# At these (image, step) a banned id gets the top logit and the scripted word the second:
+# only a loop that chooses with choose_next writes the scripted captions.
+BANNED_ON_TOP = {(0, 1): "[UNK]", (0, 3): "", (1, 0): "<start>"}
 
 
 class ScriptedStepModel:
     """Stands in for the trained step model with predictable answers."""
 
     def __init__(self, state_size: int = 3):
-        self.inputs = [None, types.SimpleNamespace(shape=(None, state_size)), None]
+        self.state_size = state_size
+        self.inputs = [keras.KerasTensor((None, 1)), keras.KerasTensor((None, state_size)),
+                       keras.KerasTensor((None, 4, 2))]
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
 
     def predict_on_batch(self, inputs):
+        if not isinstance(inputs, list | tuple) or len(inputs) != 3:
+            raise ValueError("step_model takes a list of three inputs: [tokens, state, "
+                             "image_features]")
         tokens, state, features = (np.asarray(x) for x in inputs)
+        batch = len(features)
+        if tokens.shape != (batch, 1):
+            raise ValueError(f"step_model expects tokens of shape ({batch}, 1), one id per "
+                             f"image, got shape {tokens.shape}")
+        if state.shape != (batch, self.state_size):
+            raise ValueError(f"step_model expects a state of shape ({batch}, "
+                             f"{self.state_size}), got shape {state.shape}")
         self.calls.append((tokens.copy(), state.copy()))
-        logits = np.full((len(tokens), 1, len(CHECK_VOCABULARY)), -10.0, dtype="float32")
-        for i, script in enumerate(SCRIPTS[: len(tokens)]):
+        logits = np.full((batch, 1, len(CHECK_VOCABULARY)), -10.0, dtype="float32")
+        for i, script in enumerate(SCRIPTS[:batch]):
             step = int(round(state[i, 0]))
             word = script[step] if step < len(script) else "<end>"
             logits[i, 0, CHECK_VOCABULARY.index(word)] = 10.0
+            if (i, step) in BANNED_ON_TOP:
+                logits[i, 0, CHECK_VOCABULARY.index(BANNED_ON_TOP[i, step])] = 11.0
         weights = features[:, None, :, 0]  # any (batch, 1, regions) array will do
         return logits, state + 1.0, weights
 
 
+def _locals_where_raised(error: BaseException, function: Callable) -> dict:
+    """The local variables of `function` at the moment `error` passed through it."""
+    found: dict = {}
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code is getattr(function, "__code__", None):
+            found = dict(frame.f_locals)
+    return found
+
+
 def decode(decode_fn: Callable) -> None:
-    """The decoding loop: state carried, next word fed back, stop at <end>."""
+    """The decoding loop: state carried, next word chosen and fed back, stop at <end>."""
     exercise = "Exercise 5 (decoding loop)"
     model = ScriptedStepModel()
     features = np.stack([np.full((4, 2), 0.25), np.full((4, 2), 0.5)]).astype("float32")
-    captions, attention = decode_fn(features, model, CHECK_VOCABULARY)
+    batch = len(features)
+    try:
+        result = decode_fn(features, model, CHECK_VOCABULARY)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        next_ids = _locals_where_raised(error, decode_fn).get("next_ids")
+        shape = np.shape(next_ids) if next_ids is not None else (batch,)
+        if shape in ((len(CHECK_VOCABULARY),), (1, len(CHECK_VOCABULARY))):
+            _fail(exercise, f"next_ids has shape {shape}, one id per vocabulary word: take the "
+                            "argmax over the words, the last axis, not over the images "
+                            "(choose_next does it)", error)
+        if shape != (batch,):
+            _fail(exercise, f"next_ids has shape {shape}; it needs one id per image, shape "
+                            f"({batch},): pass choose_next the last position's logits, "
+                            "logits[:, -1, :]", error)
+        _fail(exercise, f"decode raised {_one_line(error)}", error)
+    try:
+        captions, attention = result
+        captions, attention = list(captions), list(attention)
+    except (TypeError, ValueError):
+        _fail(exercise, "decode should return two lists: the captions and their attention")
+    if not all(isinstance(caption, str) for caption in captions):
+        _fail(exercise, "each caption should be a string: the words joined with spaces")
     expected = [" ".join(script) for script in SCRIPTS]
     states = [state[0, 0] for _, state in model.calls]
     if len(states) > 1 and not any(states[1:]):
@@ -207,9 +465,12 @@ def decode(decode_fn: Callable) -> None:
     if len(model.calls) > len(SCRIPTS[0]) + 1:
         _fail(exercise, f"the loop ran {len(model.calls)} steps for a {len(SCRIPTS[0])}-word "
                         "caption: break once every caption has reached <end>")
+    if any(word in BANNED_WORDS for caption in captions for word in caption.split(" ")):
+        _fail(exercise, "a caption contains padding, '[UNK]' or '<start>': use choose_next: it "
+                        "never picks padding, [UNK] or <start> and samples when top_k > 1")
     if captions != expected:
         _fail(exercise, f"expected captions {expected}, got {captions}: keep appending words "
                         "only to captions not yet done")
     if [len(a) for a in attention] != [len(s) for s in SCRIPTS]:
         _fail(exercise, "keep one attention map per generated word")
-    _pass(exercise, "state carried, words fed back, stops at <end>")
+    _pass(exercise, "state carried, words chosen with choose_next and fed back, stops at <end>")

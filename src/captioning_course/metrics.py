@@ -1,4 +1,4 @@
-"""Scoring captions the way COCO papers do, and checking where attention looks.
+"""Scoring captions the way COCO papers do; every lesson of the course uses it.
 
 `caption_scores` wraps pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L and CIDEr over tokenized
 text. Both candidates and references are tokenized first (lower case, punctuation removed):
@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-
-import numpy as np
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -55,21 +53,3 @@ def caption_scores(references: Mapping[int, Sequence[str]],
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, cands)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, cands)[0])
     return scores
-
-
-def attention_in_boxes(weights: np.ndarray, boxes: Sequence[Sequence[float]],
-                       resolution: int = 16) -> tuple[float, float]:
-    """Attention mass inside the union of `boxes`, and the share a uniform map would put there.
-
-    `weights` is one word's attention over the encoder's (rows, cols) feature grid, summing
-    to 1; `boxes` are (ymin, xmin, ymax, xmax) in [0, 1], as TFDS stores them. Each grid cell
-    counts by the fraction of its area inside the boxes.
-    """
-    rows, cols = weights.shape
-    mask = np.zeros((rows * resolution, cols * resolution), dtype=bool)
-    for ymin, xmin, ymax, xmax in boxes:
-        y0, y1 = int(round(ymin * mask.shape[0])), int(round(ymax * mask.shape[0]))
-        x0, x1 = int(round(xmin * mask.shape[1])), int(round(xmax * mask.shape[1]))
-        mask[y0:y1, x0:x1] = True
-    inside = mask.reshape(rows, resolution, cols, resolution).mean(axis=(1, 3))
-    return float(np.sum(weights * inside)), float(inside.mean())
