@@ -9,7 +9,15 @@ import pytest
 from captioning_course import data_slice, profiles, runner
 
 REPO = Path(__file__).resolve().parents[1]
+# Fixtures that execute notebooks: a test using one is slow, and `make check` leaves it out.
+EXECUTING_FIXTURES = {"smoke_run", "rehearsal_run", "outer_jupyter", "tiny_grades", "course_grades"}
 TINY_SLICE = data_slice.SliceParams(train=24, val=6, test=6, seed=7)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if EXECUTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -74,9 +82,9 @@ def notebook_definitions(notebook: Path, *names: str) -> dict:
                    for node in ast.parse(source).body)
 
     namespace: dict = {}
-    parameters = [c.source for c in cells if "parameters" in c.metadata.get("tags", [])]
-    chosen = [cells[0].source, *parameters]
-    chosen += [c.source for c in cells[1:] if defines(c.source)]
+    [parameters] = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    chosen = [c.source for c in cells[:parameters + 1]]  # setup and parameters
+    chosen += [c.source for c in cells[parameters + 1:] if defines(c.source)]
     for source in chosen:
         exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102
     missing = [name for name in names if name not in namespace]

@@ -65,6 +65,7 @@ def supported_pythons() -> dict[tuple[int, int], str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_pins_resolve_on_the_oldest_and_newest_supported_python(which, tmp_path):
     """A pin bump that drops a supported Python fails here, not on a student's machine."""

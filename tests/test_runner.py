@@ -54,6 +54,7 @@ def run_one(notebook: Path, build: Path, profile: Profile = PLAIN) -> runner.Res
 PARAMETERS = 'OUTPUT_DIR = "outputs"\nSCALE = 2'
 
 
+@pytest.mark.slow
 def test_raising_notebook_fails_and_keeps_its_executed_copy(tmp_path):
     notebook = write_notebook(tmp_path, "broken", PARAMETERS, "x = 1",
                               "raise ValueError('the answer is wrong')", "y = 2")
@@ -75,6 +76,7 @@ def test_raising_notebook_fails_and_keeps_its_executed_copy(tmp_path):
     assert notebook.read_bytes() == source  # the source is never written
 
 
+@pytest.mark.slow
 def test_main_exits_non_zero_and_names_the_failure(tmp_path, monkeypatch, capsys):
     notebook = write_notebook(tmp_path, "broken", PARAMETERS, "1 / 0")
     monkeypatch.chdir(tmp_path)
@@ -84,6 +86,7 @@ def test_main_exits_non_zero_and_names_the_failure(tmp_path, monkeypatch, capsys
     assert "ZeroDivisionError" in out and "executed copy kept at" in out
 
 
+@pytest.mark.slow
 def test_records_metrics_and_runs_in_the_notebook_folder(tmp_path):
     (tmp_path / "here.txt").write_text("found")
     notebook = write_notebook(
@@ -99,6 +102,7 @@ def test_records_metrics_and_runs_in_the_notebook_folder(tmp_path):
     assert "scale=2" in runner.summary_table([result])
 
 
+@pytest.mark.slow
 def test_profile_overrides_are_injected(tmp_path):
     notebook = write_notebook(
         tmp_path, "scaled", PARAMETERS,
@@ -131,6 +135,7 @@ def test_missing_notebook_is_named(tmp_path):
         run_one(tmp_path / "nowhere.ipynb", tmp_path / "build")
 
 
+@pytest.mark.slow
 def test_notebook_over_its_time_limit_is_stopped(tmp_path):
     notebook = write_notebook(tmp_path, "slow", PARAMETERS, "import time\ntime.sleep(600)")
     profile = Profile(name="hurried", description="", timeout_s=20, data_slice=None,
@@ -141,6 +146,7 @@ def test_notebook_over_its_time_limit_is_stopped(tmp_path):
     assert result.seconds < 120
 
 
+@pytest.mark.slow
 def test_failing_cell_is_named_by_its_index_in_the_source(tmp_path):
     # The executed copy has an injected-parameters cell and papermill's error markers.
     notebook = write_notebook(tmp_path, "late", PARAMETERS, "x = 1",
@@ -149,6 +155,7 @@ def test_failing_cell_is_named_by_its_index_in_the_source(tmp_path):
     assert result.failure == "cell 2 ('values = [1, 2]') raised IndexError: list index out of range"
 
 
+@pytest.mark.slow
 def test_command_line_parameters_are_typed_like_papermills(tmp_path, monkeypatch):
     notebook = write_notebook(
         tmp_path, "typed", 'OUTPUT_DIR = "outputs"\nSCALE = 2\nRATE = 0.1\nNAME = "x"\nFLAG = True',
@@ -172,6 +179,7 @@ def test_parameter_value_follows_papermill(text):
     assert (type(value), value) == (type(papermill_type(text)), papermill_type(text))
 
 
+@pytest.mark.slow
 def test_command_line_parameters_go_over_the_profile(tmp_path):
     notebook = write_notebook(tmp_path, "scaled", PARAMETERS)
     profile = Profile(name="big", description="", timeout_s=300, data_slice=None,
@@ -298,6 +306,7 @@ def assert_nothing_left(seen: dict[psutil.Process, str], marker: str) -> None:
     assert anywhere == []
 
 
+@pytest.mark.slow
 def test_time_limit_stops_the_kernel_and_everything_it_started(tmp_path, monkeypatch, capsys):
     marker, *cells = cells_leaving_children(1)
     notebook = write_notebook(tmp_path, "stuck", PARAMETERS, *cells)
@@ -310,6 +319,7 @@ def test_time_limit_stops_the_kernel_and_everything_it_started(tmp_path, monkeyp
     assert_nothing_left(seen, marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_stops_everything_and_prints_what_ran(tmp_path, stop):
     marker, *cells = cells_leaving_children(2 + stop)
@@ -341,6 +351,7 @@ def test_ctrl_c_or_sigterm_stops_everything_and_prints_what_ran(tmp_path, stop):
     assert_nothing_left(seen, marker)
 
 
+@pytest.mark.slow
 def test_full_profile_without_a_gpu_warns_before_running(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "gpu_visible", lambda: False)
     notebook = write_notebook(tmp_path, "plain", PARAMETERS)
@@ -349,6 +360,7 @@ def test_full_profile_without_a_gpu_warns_before_running(tmp_path, capsys, monke
     assert "warning: TensorFlow sees no GPU here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_weights_file_is_made_once_and_its_path_injected(tmp_path):
     notebook = write_notebook(
         tmp_path, "weighted", 'OUTPUT_DIR = "outputs"\nENCODER_WEIGHTS = "imagenet"',

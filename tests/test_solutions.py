@@ -14,6 +14,7 @@ from conftest import REPO, printed_text
 REHEARSAL_MAY_SET = {"DATASET", "TRAIN_SPLIT", "EVAL_IMAGES", "ENCODER_WEIGHTS"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["smoke_run", "rehearsal_run"])
 def test_every_solution_runs(run, request):
     results = request.getfixturevalue(run)
