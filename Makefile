@@ -12,7 +12,7 @@ GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu)
 TENSORFLOW_PIN := $(shell grep -oE '^tensorflow==[^ ;#]+' requirements.txt)
 
-.PHONY: help install lab data execute-solutions test labs lint nbval clean
+.PHONY: help install lab data execute-solutions test check labs lint nbval grade clean
 
 help:
 	@echo "make install            create .venv with the pinned environment and register the"
@@ -20,6 +20,8 @@ help:
 	@echo "make lab                start the course's JupyterLab on labs/"
 	@echo "make execute-solutions  run every solution headless [PROFILE=smoke|rehearsal|full] [NOTEBOOKS=...]"
 	@echo "make test               run the test suite (executes every solution: smoke and rehearsal)"
+	@echo "make check              lint, generated copies up to date, every test that executes no notebook"
+	@echo "make grade SUBMISSIONS=dir  grade every student notebook under dir [PROFILE=...]; table in build/grades/"
 	@echo "make data               generate the offline data slice in data/"
 	@echo "make labs               regenerate solutions/ and labs/ from notebooks/"
 	@echo "make lint               ruff on .py and .ipynb"
@@ -57,11 +59,20 @@ execute-solutions: install
 test: install
 	$(PY) -m pytest
 
+# The quick loop for an instructor editing a lesson: about a minute.
+check: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow"
+
 labs: install
 	$(PY) -m captioning_course.labs
 
 lint: install
 	$(PY) -m ruff check .
+
+grade: install
+	@test -n "$(SUBMISSIONS)" || { echo "make grade needs SUBMISSIONS=folder of the students' notebooks"; exit 2; }
+	$(PY) -m captioning_course.grade "$(SUBMISSIONS)" --profile $(PROFILE)
 
 # nbval runs the prepared copies; its kernel starts in their folder, so the runner injects
 # absolute paths for data, outputs and sample images.

@@ -316,11 +316,13 @@ def gpu_visible() -> bool:
     return out.returncode == 0 and out.stdout.strip() not in ("", "0")
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that stops a run the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 
-def _seconds(text: str) -> int:
+def positive_seconds(text: str) -> int:
+    """An argparse type: a time limit in whole seconds."""
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}")
     return int(text)
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"),
                         help="set a parameter of every notebook, over the profile's value")
-    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="time limit per notebook (default: the profile's)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="TFDS data dir for the offline slice (smoke)")
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
               "`make install GPU=1` on a GPU machine, or use PROFILE=smoke or rehearsal.",
               file=sys.stderr, flush=True)
     # A CI cancel or a closed terminal sends SIGTERM: stop everything, as for Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         results = run(notebooks, profile, args.data_dir, args.build_dir,
                       args.sample_images_dir, prepare_only=args.prepare_only,

@@ -1,0 +1,638 @@
+"""Grade students' labs: run each notebook headless and record every exercise's self-check.
+
+    python -m captioning_course.grade FOLDER [--profile smoke|rehearsal|full] [--out DIR]
+                                      [-p NAME VALUE ...] [--timeout SECONDS] [--lessons DIR]
+                                      [--data-dir DIR] [--sample-images-dir DIR]
+
+Every `*.ipynb` under FOLDER (subfolders included; hidden folders such as
+`.ipynb_checkpoints` and the output folder skipped) is one student's file, named in the table
+by its path relative to FOLDER. For each file the grader:
+
+1. recognises the lesson it is a lab of, among the authored lessons in `--lessons`
+   (`notebooks/`): the lesson whose code cells it shares the most of, compared line by line
+   without surrounding blanks, a self-check cell counting by the check it calls
+   (`check.tokenizer(...)`, whatever its arguments) and the cells that hold exercises not
+   counting at all (students rewrite them). At least half of the lesson's cells must be
+   recognised; the file's name only breaks ties. Neither the file's name nor an exercise
+   title decides, so a renamed or fully answered lab is still recognised;
+2. runs a copy of it (outputs cleared, the course kernel named) as the runner runs that
+   lesson: the profile's overrides for the lesson, then `-p`, the data slice and weights
+   prepared, a separate papermill process per file with the profile's time limit (or
+   `--timeout`), killed with its kernel and everything it started when over it. Unlike the
+   runner, a cell that raises does not stop the run, so every self-check is tried. The
+   kernel works in the file's output folder, never in FOLDER: students' files are only read;
+3. reads each exercise's self-check cell in the executed copy (the cell that calls the
+   check the lesson calls after that exercise) and writes one of:
+   - `pass`: the cell ran without error and the check printed its PASS line;
+   - `fail: REASON`: the check raised SelfCheckFailed (REASON is its one line), or the cell
+     ran but printed no PASS line;
+   - `not reached: ERROR`: the check could not judge the answer. ERROR is
+     NotImplementedError when the exercise is still unanswered (its placeholder raised,
+     in its own cell or when the check called it), else the error the check cell raised,
+     e.g. NameError when an earlier cell's error left a name undefined;
+   - `missing`: the file has no cell calling that check (the student deleted it);
+   - `timeout`: the time limit stopped the run before the check cell ran.
+
+Files that cannot be graded get a row saying why: not a notebook, a lesson that cannot be
+recognised, a lesson without exercises, a copy papermill cannot run.
+
+OUT (default `build/grades/`) receives `grades.csv` and `grades.md`, one row per file with
+one column per exercise, the number passed, the wall time and a note; `executed/` keeps
+each file's executed copy under its relative path, and `outputs/` each run's OUTPUT_DIR and
+papermill's messages (`papermill.log`). The markdown table is printed at the end with the
+total wall time.
+
+Exit code 0 when every file has its row, whatever the students' results; 2 with one line
+when grading cannot start (no such folder, no notebook in it, unusable lessons, parameters
+or output folder); 130 on Ctrl-C or SIGTERM, after writing the rows graded so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from captioning_course import data_slice, labs, profiles, runner
+from captioning_course.kernel import KERNEL_NAME, KERNELSPEC
+from captioning_course.profiles import Profile
+from captioning_course.weights import RandomWeights
+
+# A cell must be recognised in at least this share of a lesson's cells for a file to count
+# as a lab of that lesson.
+MIN_SHARE = 0.5
+CHECK_CALL = re.compile(r"\bcheck\.(\w+)\s*\(")
+# How a self-check names its exercise at the start of its message: "Exercise 4 (masked_loss): "
+CHECK_PREFIX = re.compile(r"^Exercise \d+(?: \([^)]*\))?: ")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
+# The child process prints this before the reason papermill stopped, as its last line.
+STOPPED = "grader: papermill stopped: "
+CSV_FILE, MARKDOWN_FILE = "grades.csv", "grades.md"
+
+
+class GradingError(Exception):
+    """Grading cannot start as asked; found before any kernel starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GradedExercise:
+    number: int
+    title: str  # "Exercise N: what to do", from the lesson's solution markers
+    check: str  # the check function its self-check cell calls first, e.g. "tokenizer"
+    occurrence: int  # 0 unless an earlier self-check cell of the lesson calls the same check
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesson:
+    name: str  # the stem of its notebook in the lessons folder
+    lab: nbformat.NotebookNode
+    exercises: tuple[GradedExercise, ...]
+    fingerprints: frozenset[str]  # its recognisable code cells
+
+
+@dataclasses.dataclass
+class Row:
+    file: str  # path relative to the submissions folder
+    lesson: str = ""
+    grades: dict[int, str] = dataclasses.field(default_factory=dict)  # by exercise number
+    exercises: int = 0  # how many the lesson has; 0 when the file was not graded
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def passed(self) -> str:
+        if not self.exercises:
+            return ""
+        return f"{sum(grade == 'pass' for grade in self.grades.values())}/{self.exercises}"
+
+
+# Reading cells --------------------------------------------------------------------------------
+
+def check_calls(source: str) -> list[str]:
+    """The `check.NAME(...)` calls of a code cell, in order; comments and strings ignored."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        tree = ast.parse(TransformerManager().transform_cell(source))
+    except (SyntaxError, ValueError, ImportError):  # a cell that is not valid Python yet
+        code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+        return CHECK_CALL.findall(code)
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+             and node.func.value.id == "check"]
+    return [call.func.attr for call in sorted(calls, key=lambda c: (c.lineno, c.col_offset))]
+
+
+def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
+    """(index, source) of every code cell, papermill's own cells left out."""
+    return [(index, cell.get("source", "")) for index, cell in enumerate(nb.cells)
+            if cell.get("cell_type") == "code"
+            and not runner.PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", []))]
+
+
+def _fingerprint(source: str) -> str | None:
+    """What identifies a code cell: its self-check call, or its lines without edge blanks."""
+    calls = check_calls(source)
+    if calls:
+        return f"check.{calls[0]}(...)"
+    text = "\n".join(line.strip() for line in source.strip().splitlines())
+    return text or None
+
+
+def _check_cells(nb: nbformat.NotebookNode) -> dict[tuple[str, int], int]:
+    """Cell index of every self-check cell, by (check it calls first, occurrence)."""
+    found: dict[tuple[str, int], int] = {}
+    seen: dict[str, int] = {}
+    for index, source in _code_cells(nb):
+        calls = check_calls(source)
+        if calls:
+            occurrence = seen.get(calls[0], 0)
+            seen[calls[0]] = occurrence + 1
+            found[(calls[0], occurrence)] = index
+    return found
+
+
+# Lessons --------------------------------------------------------------------------------------
+
+def load_lesson(path: Path) -> Lesson:
+    """A lesson from its authored notebook: its lab, exercises and self-check cells."""
+    try:
+        source = nbformat.read(path, as_version=4)
+        _, lab, blocks = labs.solution_and_lab(source, str(path))
+    except labs.MarkerError as exc:
+        raise GradingError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise GradingError(f"cannot read lesson {path} ({exc})") from None
+    cells: dict[int, list[int]] = {}
+    titles: dict[int, str] = {}
+    for block in blocks:
+        cells.setdefault(block.number, []).append(block.cell)
+        titles.setdefault(block.number, block.title)
+    code = _code_cells(lab)
+    exercises = []
+    numbers = sorted(cells)
+    for position, number in enumerate(numbers):
+        # Its self-check is the first cell calling a check from its last block's cell on,
+        # before the next exercise begins.
+        end = min(cells[numbers[position + 1]]) if position + 1 < len(numbers) else len(lab.cells)
+        calls = [check_calls(src) for index, src in code if max(cells[number]) <= index < end]
+        name = next((found[0] for found in calls if found), None)
+        if name is None:
+            raise GradingError(f"{path}: {titles[number]!r} has no self-check cell (one calling "
+                               "check.NAME(...)) after it, so it cannot be graded")
+        occurrence = sum(check_calls(src)[:1] == [name] for index, src in code
+                         if index < max(cells[number]))
+        exercises.append(GradedExercise(number, titles[number], name, occurrence))
+    exercise_cells = {index for indices in cells.values() for index in indices}
+    fingerprints = frozenset(filter(None, (_fingerprint(src) for index, src in code
+                                           if index not in exercise_cells)))
+    return Lesson(path.stem, lab, tuple(exercises), fingerprints)
+
+
+def load_lessons(folder: Path) -> dict[str, Lesson]:
+    paths = sorted(folder.glob("*.ipynb")) if folder.is_dir() else []
+    if not paths:
+        raise GradingError(f"no lesson notebooks in {folder}")
+    return {path.stem: load_lesson(path) for path in paths}
+
+
+def identify(nb: nbformat.NotebookNode, lessons: dict[str, Lesson],
+             name: str = "") -> tuple[Lesson | None, str]:
+    """The lesson `nb` is a lab of, or None and why not. `name` (the file's) breaks ties."""
+    prints = {fp for fp in (_fingerprint(src) for _, src in _code_cells(nb)) if fp}
+    shared = {lesson.name: len(lesson.fingerprints & prints) for lesson in lessons.values()}
+
+    def rank(lesson: Lesson) -> tuple:
+        share = shared[lesson.name] / max(len(lesson.fingerprints), 1)
+        return share, lesson.name in name, shared[lesson.name], lesson.name
+
+    best = max(lessons.values(), key=rank)
+    if rank(best)[0] < MIN_SHARE:
+        return None, (f"unknown lesson: it shares {shared[best.name]} of the "
+                      f"{len(best.fingerprints)} code cells of the closest lesson, {best.name}")
+    return best, ""
+
+
+# Running --------------------------------------------------------------------------------------
+
+def _papermill_child() -> None:
+    """Runs in the child process: papermill on every cell, errors or not.
+
+    After a run with errors papermill marks the first error in the executed copy and raises;
+    the grader reads every cell's outcome itself, so neither happens here.
+    """
+    import papermill
+    import papermill.execute
+
+    args = json.loads(sys.argv[1])
+    papermill.execute.raise_for_execution_errors = lambda nb, output_path: None
+    try:
+        papermill.execute_notebook(
+            args["input"], args["output"], parameters=args["parameters"],
+            kernel_name=KERNEL_NAME, cwd=args["cwd"], progress_bar=False, allow_errors=True)
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(f"{STOPPED}{type(exc).__name__}: {first_line}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _execute(copy: Path, executed: Path, parameters: dict[str, Any], cwd: Path, log: Path,
+             timeout_s: int) -> tuple[str, str]:
+    """Run `copy` to `executed`: ("ok" | "timeout" | "stopped", why papermill stopped)."""
+    command = [sys.executable, "-c",
+               "from captioning_course.grade import _papermill_child; _papermill_child()",
+               json.dumps({"input": str(copy), "output": str(executed), "cwd": str(cwd),
+                           "parameters": parameters})]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as messages:
+        # In a session of its own, papermill does not see a Ctrl-C meant for the grader.
+        process = subprocess.Popen(command, env=env, stdout=messages, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            status = "ok" if process.wait(timeout=timeout_s) == 0 else "stopped"
+        except subprocess.TimeoutExpired:
+            status = "timeout"
+        finally:
+            if process.returncode is None:  # also on Ctrl-C, which propagates from here
+                runner.stop_process_tree(process)
+    reason = ""
+    if status == "stopped":
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if line.startswith(STOPPED)]
+        reason = lines[-1][len(STOPPED):] if lines else f"exit code {process.returncode}"
+    return status, reason
+
+
+def _clean_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The file as it will run: no outputs left from the student's session, the course kernel."""
+    copy = nbformat.from_dict(json.loads(json.dumps(nb)))
+    # Cells a papermill run of the student's left behind; this run adds its own.
+    copy.cells = [cell for cell in copy.cells
+                  if not runner.PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", []))]
+    for cell in copy.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cell.get("metadata", {}).pop("papermill", None)
+    copy.metadata["kernelspec"] = dict(KERNELSPEC)
+    copy.metadata.pop("papermill", None)
+    return copy
+
+
+def _write_temporary(nb: nbformat.NotebookNode, folder: Path, lesson: str) -> Path:
+    """`nb` written as FOLDER/LESSON.ipynb: the runner finds a lesson's overrides by file name."""
+    path = folder / f"{lesson}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+# Reading the executed copy --------------------------------------------------------------------
+
+def _errors(cell: Any) -> list[Any]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def _ran(cell: Any) -> bool:
+    status = cell.get("metadata", {}).get("papermill", {}).get("status")
+    return cell.get("execution_count") is not None and status != "running"
+
+
+def _printed(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0]
+
+
+def _unanswered(number: int, cells: list[Any]) -> bool:
+    """Whether the placeholder of exercise `number` raised in any of `cells`: in a cell of
+    its own, or inside the check that called it (then the check's error names it)."""
+    placeholder = re.compile(rf"NotImplementedError: Exercise {number}:")
+    for cell in cells:
+        for error in _errors(cell):
+            shown = f"{error.get('ename')}: {error.get('evalue', '')}"
+            traceback = ANSI.sub("", "\n".join(error.get("traceback", [])))
+            if placeholder.search(shown) or placeholder.search(traceback):
+                return True
+    return False
+
+
+def _cell_name(index: int, source: str) -> str:
+    lines = source.strip().splitlines()
+    return f"cell {index} ({(lines[0] if lines else '')!r})"
+
+
+def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, status: str,
+                   reason: str, located: dict[tuple[str, int], int]) -> dict[int, str]:
+    """Each exercise's grade from the executed copy (None if papermill left none).
+
+    `located` gives the index, in the student's file, of each self-check cell it has.
+    """
+    ran = [c for c in executed.cells
+           if not runner.PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))
+           ] if executed is not None else []
+    # What papermill's own error was called, e.g. DeadKernelError when the kernel died.
+    ename = reason.split(":", 1)[0] if ":" in reason else "run stopped"
+    stopped = "timeout" if status == "timeout" else f"not reached: {ename}"
+    grades = {}
+    for exercise in lesson.exercises:
+        index = located.get((exercise.check, exercise.occurrence))
+        if index is None:
+            grades[exercise.number] = "missing"
+            continue
+        cell = ran[index] if index < len(ran) else None
+        if cell is None or not _ran(cell):
+            grades[exercise.number] = stopped
+            continue
+        errors = _errors(cell)
+        if errors and _unanswered(exercise.number, ran[:index + 1]):
+            grades[exercise.number] = "not reached: NotImplementedError"
+        elif errors and errors[0].get("ename") == "SelfCheckFailed":
+            problem = CHECK_PREFIX.sub("", _first_line(errors[0].get("evalue", "")))
+            grades[exercise.number] = f"fail: {problem}"
+        elif errors:
+            grades[exercise.number] = f"not reached: {errors[0].get('ename', 'error')}"
+        elif any(line.startswith("PASS") for line in _printed(cell).splitlines()):
+            grades[exercise.number] = "pass"
+        else:
+            grades[exercise.number] = "fail: the self-check cell printed no PASS line"
+    return grades
+
+
+def _running_cell(executed: nbformat.NotebookNode | None) -> str:
+    if executed is None:
+        return ""
+    cells = [c for c in executed.cells
+             if not runner.PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    for index, cell in enumerate(cells):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return f" in {_cell_name(index, cell.get('source', ''))}"
+    return ""
+
+
+# Grading --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Planned:
+    row: Row
+    lesson: Lesson | None = None
+    nb: nbformat.NotebookNode | None = None
+
+
+def find_submissions(folder: Path, out: Path) -> list[Path]:
+    """Every notebook under `folder`, hidden folders and the output folder left out."""
+    out = out.resolve()
+    found = []
+    for path in sorted(folder.rglob("*.ipynb")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts[:-1]):
+            continue
+        if path.resolve().is_relative_to(out) or not path.is_file():
+            continue
+        found.append(path)
+    return found
+
+
+def _plan(path: Path, folder: Path, lessons: dict[str, Lesson]) -> _Planned:
+    row = Row(path.relative_to(folder).as_posix())
+    try:
+        nb = nbformat.read(path, as_version=4)
+        if not isinstance(nb.get("cells"), list):
+            raise ValueError("it has no list of cells")
+    except UnicodeDecodeError:
+        row.note = "not a notebook: not UTF-8 text"
+        return _Planned(row)
+    except Exception as exc:  # whatever the bytes are, the file gets its row
+        row.note = f"not a notebook: {_first_line(exc)[:200]}"
+        return _Planned(row)
+    lesson, why = identify(nb, lessons, path.stem)
+    if lesson is None:
+        row.lesson, row.note = "?", why
+        return _Planned(row)
+    row.lesson = lesson.name
+    if not lesson.exercises:
+        row.note = f"{lesson.name} has no exercises to grade"
+        return _Planned(row)
+    row.exercises = len(lesson.exercises)
+    return _Planned(row, lesson, nb)
+
+
+def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: Path,
+                             out: Path, sample_images_dir: Path,
+                             extra_parameters: dict[str, Any]) -> None:
+    """Refuse, before any kernel starts, parameters that the lessons themselves reject."""
+    with tempfile.TemporaryDirectory() as scratch:
+        for lesson in lessons:
+            lab = _write_temporary(lesson.lab, Path(scratch), lesson.name)
+            try:
+                runner.notebook_parameters(lab, profile, data_dir, out / "outputs",
+                                           sample_images_dir, extra_parameters)
+            except runner.RunnerError as exc:
+                raise GradingError(str(exc).replace(str(lab), f"lesson {lesson.name}")) from None
+
+
+def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
+             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int) -> None:
+    row, lesson = planned.row, planned.lesson
+    relative = Path(row.file)
+    executed_path = out / "executed" / relative
+    output_dir = out / "outputs" / relative.with_suffix("")
+    executed_path.unlink(missing_ok=True)  # an earlier run's copy must not be read as this one's
+    copy = _clean_copy(planned.nb)
+    located = _check_cells(copy)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = _write_temporary(copy, Path(scratch), lesson.name)
+        try:
+            runner.prepare_folder(output_dir)
+            runner.prepare_folder(executed_path.parent)
+            parameters = runner.notebook_parameters(path, profile, data_dir, output_dir,
+                                                    sample_images_dir, extra_parameters)
+        except runner.RunnerError as exc:
+            row.note = f"cannot run: {str(exc).replace(str(path), row.file)}"
+            row.exercises, row.grades = 0, {}
+            return
+        status, reason = _execute(path, executed_path, parameters, output_dir,
+                                  output_dir / "papermill.log", limit)
+    row.seconds = time.monotonic() - start
+    try:
+        executed = nbformat.read(executed_path, as_version=4)
+    except (OSError, ValueError):
+        executed = None
+    row.grades = grade_executed(lesson, executed, status, reason, located)
+    missing = [f"check.{e.check}(...)" for e in lesson.exercises
+               if row.grades[e.number] == "missing"]
+    notes = [f"no cell calls {', '.join(missing)}"] if missing else []
+    if status == "timeout":
+        notes.append(f"timed out after {limit} s{_running_cell(executed)}")
+    elif status == "stopped":
+        notes.append(f"papermill stopped{_running_cell(executed)}: {reason}")
+    if executed is None:
+        notes.append("no executed copy was written")
+    row.note = "; ".join(notes)
+
+
+def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir: Path,
+          sample_images_dir: Path, extra_parameters: dict[str, Any] | None = None,
+          timeout_s: int | None = None, progress: bool = True) -> list[Row]:
+    """Grade every notebook under `folder`; write OUT/grades.csv and OUT/grades.md.
+
+    Raises GradingError before any kernel starts if grading cannot go ahead. On Ctrl-C the
+    rows graded so far are written and the KeyboardInterrupt goes on.
+    """
+    extra_parameters = extra_parameters or {}
+    if not folder.is_dir():
+        raise GradingError(f"no such folder: {folder}")
+    submissions = find_submissions(folder, out)
+    if not submissions:
+        raise GradingError(f"no notebooks (*.ipynb) in {folder}")
+    lessons = load_lessons(lessons_dir)
+    runner.prepare_folder(out)
+    plans = [_plan(path, folder, lessons) for path in submissions]
+    to_run = [plan for plan in plans if plan.lesson is not None]
+    graded_lessons = list({plan.lesson.name: plan.lesson for plan in to_run}.values())
+    _check_lesson_parameters(graded_lessons, profile, data_dir, out, sample_images_dir,
+                             extra_parameters)
+    if to_run and profile.data_slice is not None:
+        runner.prepare_folder(data_dir)
+        data_slice.prepare(data_dir, profile.data_slice)
+    for weights in {value for lesson in graded_lessons
+                    for value in profile.overrides_for(lesson.name).values()
+                    if isinstance(value, RandomWeights)}:
+        weights.prepare(data_dir)
+    limit = profile.timeout_s if timeout_s is None else timeout_s
+    rows = [plan.row for plan in plans]
+    graded = 0
+    try:
+        for plan in to_run:
+            if progress:
+                print(f"[{graded + 1}/{len(to_run)}] {plan.row.file} ({plan.lesson.name}, "
+                      f"{profile.name})", flush=True)
+            try:
+                _run_one(plan, profile, data_dir, out, sample_images_dir, extra_parameters,
+                         limit)
+            except Exception as exc:  # one file's trouble never stops the others
+                plan.row.grades, plan.row.exercises = {}, 0
+                plan.row.note = f"cannot grade: {type(exc).__name__}: {_first_line(exc)}"
+            graded += 1
+            if progress:
+                print(f"    {plan.row.passed or '-'} passed, {plan.row.seconds:.0f} s"
+                      f"{'; ' + plan.row.note if plan.row.note else ''}", flush=True)
+    except KeyboardInterrupt:
+        for plan in to_run[graded:]:
+            plan.row.grades, plan.row.exercises = {}, 0
+            plan.row.note = "not graded: interrupted"
+        write_grades(rows, lessons, out, profile, extra_parameters)
+        raise
+    write_grades(rows, lessons, out, profile, extra_parameters)
+    return rows
+
+
+# Reports --------------------------------------------------------------------------------------
+
+def _columns(lessons: dict[str, Lesson]) -> int:
+    return max((len(lesson.exercises) for lesson in lessons.values()), default=0)
+
+
+def table(rows: list[Row], columns: int) -> list[list[str]]:
+    """Header and rows: file, lesson, Exercise 1..N, passed, seconds, note."""
+    header = ["file", "lesson", *(f"Exercise {n}" for n in range(1, columns + 1)),
+              "passed", "seconds", "note"]
+    body = []
+    for row in rows:
+        grades = [row.grades.get(n, "") for n in range(1, columns + 1)]
+        body.append([row.file, row.lesson, *grades, row.passed, f"{row.seconds:.1f}", row.note])
+    return [header, *body]
+
+
+def markdown(rows: list[Row], lessons: dict[str, Lesson], profile: Profile,
+             extra_parameters: dict[str, Any]) -> str:
+    def escape(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    header, *body = table(rows, _columns(lessons))
+    header[header.index("seconds")] = "wall time"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cells in body:
+        cells[-2] = f"{float(cells[-2]):.0f} s"
+        lines.append("| " + " | ".join(escape(cell) for cell in cells) + " |")
+    settings = ", ".join(f"{name}={value!r}" for name, value in extra_parameters.items())
+    lines += ["", f"Profile {profile.name}" + (f", with -p {settings}" if settings else "") + "."]
+    graded = {row.lesson for row in rows if row.exercises}
+    for name in sorted(graded):
+        lines += ["", f"Exercises of {name}:"]
+        lines += [f"- {e.title} (check.{e.check})" for e in lessons[name].exercises]
+    return "\n".join(lines) + "\n"
+
+
+def write_grades(rows: list[Row], lessons: dict[str, Lesson], out: Path, profile: Profile,
+                 extra_parameters: dict[str, Any]) -> None:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(table(rows, _columns(lessons)))
+    (out / CSV_FILE).write_text(text.getvalue())
+    (out / MARKDOWN_FILE).write_text(markdown(rows, lessons, profile, extra_parameters))
+
+
+# Command line ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="the students' notebooks (subfolders too)")
+    parser.add_argument("--profile", default="smoke", choices=sorted(profiles.PROFILES))
+    parser.add_argument("--out", type=Path, default=Path("build/grades"),
+                        help="where grades.csv, grades.md and the executed copies go")
+    parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"),
+                        help="set a parameter of every run, over the profile's value")
+    parser.add_argument("--timeout", type=runner.positive_seconds, metavar="SECONDS",
+                        help="time limit per notebook (default: the profile's)")
+    parser.add_argument("--lessons", type=Path, default=Path("notebooks"),
+                        help="the authored lessons the labs come from")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
+    args = parser.parse_args(argv)
+    profile = profiles.get(args.profile)
+    extra = {name: runner.parameter_value(value) for name, value in args.parameters}
+    if profile.needs_gpu and not runner.gpu_visible():
+        print(f"warning: TensorFlow sees no GPU here and the {profile.name} profile needs one; "
+              "each lab may run for hours", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, runner.interrupt)
+    try:
+        rows = grade(args.folder, profile, args.out, args.lessons, args.data_dir,
+                     args.sample_images_dir, extra, args.timeout)
+    except (GradingError, runner.RunnerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the rows graded so far are in {args.out / MARKDOWN_FILE}")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print()
+    print((args.out / MARKDOWN_FILE).read_text(), end="")
+    print(f"\n{len(rows)} files graded in {time.monotonic() - start:.0f} s; "
+          f"{args.out / CSV_FILE}, executed copies in {args.out / 'executed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

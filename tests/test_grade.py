@@ -1,0 +1,426 @@
+"""The grader: which lesson a file is, each exercise's grade, rows for files that cannot be
+graded, refusals, and the real lesson graded end to end (solution, untouched lab, one wrong
+answer, a broken file)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import re
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from captioning_course import grade, labs, runner
+from captioning_course.kernel import KERNELSPEC
+from captioning_course.profiles import Profile
+from conftest import REPO
+
+PLAIN = Profile(name="plain", description="no overrides", timeout_s=300, data_slice=None,
+                overrides={})
+LIMIT = 20  # seconds for the never-ending file; the others end in a few seconds
+
+# A lesson that needs no TensorFlow: its own `check` with the course's conventions.
+TINY = [
+    ('OUTPUT_DIR = "outputs"\nSCALE = 2', ["parameters"]),
+    ("class SelfCheckFailed(Exception):\n"
+     "    pass\n\n\n"
+     "class check:\n"
+     "    def double(f):\n"
+     "        if f(3) != 6:\n"
+     "            raise SelfCheckFailed(f'Exercise 1 (double): double(3) gave {f(3)}, not 6')\n"
+     "        print('PASS Exercise 1 (double): doubles')\n\n"
+     "    def square(f):\n"
+     "        try:\n"
+     "            f(3)\n"
+     "        except Exception as error:  # as the course's checks report the answer's errors\n"
+     "            raise SelfCheckFailed(f'Exercise 2 (square): square raised '\n"
+     "                                  f'{type(error).__name__}: {error}') from error\n"
+     "        if f(3) != 9:\n"
+     "            raise SelfCheckFailed('Exercise 2 (square): square(3) is not 9')\n"
+     "        print('PASS Exercise 2 (square): squares')\n\n"
+     "    def answer(value):\n"
+     "        if value != 42:\n"
+     "            raise SelfCheckFailed('Exercise 3 (answer): the answer is 42')\n"
+     "        print('PASS Exercise 3 (answer): 42')", []),
+    ("def double(x):\n"
+     "    ### BEGIN SOLUTION Exercise 1: double it\n"
+     "    # TODO: return twice x.\n"
+     "    return 2 * x\n"
+     "    ### END SOLUTION", []),
+    ("check.double(double)", []),
+    ("def square(x):\n"
+     "    ### BEGIN SOLUTION Exercise 2: square it\n"
+     "    return x * x\n"
+     "    ### END SOLUTION", []),
+    ("# Run me after exercise 2.\ncheck.square(\n    square,\n)", []),
+    ("### BEGIN SOLUTION Exercise 3: find the answer\n"
+     "answer = 6 * 7\n"
+     "### END SOLUTION\n"
+     "print(answer)", []),
+    ("check.answer(answer)", []),
+    ("print('the end')", []),
+]
+INTRO = [('OUTPUT_DIR = "outputs"', ["parameters"]), ("import math", []),
+         ("print(math.pi)", []), ("print('no exercises here')", [])]
+
+
+def notebook(cells: list[tuple[str, list[str]]]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": dict(KERNELSPEC)})
+    nb.cells = [nbformat.v4.new_code_cell(source, metadata={"tags": tags} if tags else {})
+                for source, tags in cells]
+    return nb
+
+
+def without(nb: nbformat.NotebookNode, source_part: str) -> nbformat.NotebookNode:
+    nb = nbformat.from_dict(nb)
+    [index] = [i for i, c in enumerate(nb.cells) if source_part in c.source]
+    del nb.cells[index]
+    return nb
+
+
+def index_of(nb: nbformat.NotebookNode, source_part: str) -> int:
+    [index] = [i for i, c in enumerate(nb.cells) if source_part in c.source]
+    return index
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def tiny_lessons(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lessons")
+    nbformat.write(notebook(TINY), folder / "tiny.ipynb")
+    nbformat.write(notebook(INTRO), folder / "intro.ipynb")
+    return folder
+
+
+def tiny_solution_and_lab(lessons: Path):
+    solution, lab, _ = labs.solution_and_lab(nbformat.read(lessons / "tiny.ipynb", as_version=4))
+    return solution, lab
+
+
+# Lessons and identification (no kernel) -------------------------------------------------------
+
+def test_check_calls_ignore_comments_and_strings():
+    assert grade.check_calls("check.a(x)\n# check.b(y)\ns = 'check.c(z)'\ncheck.d(\n  w)") == [
+        "a", "d"]
+    assert grade.check_calls("%matplotlib inline\ncheck.e(1)") == ["e"]
+    assert grade.check_calls("check.f(  # unfinished") == ["f"]  # not Python yet: by pattern
+
+
+def test_a_lesson_gives_its_exercises_and_their_checks(tiny_lessons):
+    lesson = grade.load_lesson(tiny_lessons / "tiny.ipynb")
+    assert [(e.number, e.title, e.check) for e in lesson.exercises] == [
+        (1, "Exercise 1: double it", "double"), (2, "Exercise 2: square it", "square"),
+        (3, "Exercise 3: find the answer", "answer")]
+    assert grade.load_lesson(tiny_lessons / "intro.ipynb").exercises == ()
+
+
+def test_the_main_lesson_gives_every_exercise_a_self_check():
+    source = nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4)
+    lesson = grade.load_lesson(REPO / "notebooks" / "image_captioning.ipynb")
+    titles = {block.number: block.title for block in labs.exercises(source)}
+    assert [(e.number, e.title) for e in lesson.exercises] == sorted(titles.items())
+    solution_text = "\n".join(c.source for c in nbformat.read(
+        REPO / "solutions" / "image_captioning.ipynb", as_version=4).cells)
+    for exercise in lesson.exercises:
+        assert f"check.{exercise.check}(" in solution_text
+
+
+def test_an_exercise_without_a_self_check_is_refused(tmp_path):
+    cells = [c for c in TINY if not c[0].startswith("check.answer")]
+    nbformat.write(notebook(cells), tmp_path / "tiny.ipynb")
+    with pytest.raises(grade.GradingError, match="'Exercise 3: find the answer' has no self-check"):
+        grade.load_lesson(tmp_path / "tiny.ipynb")
+
+
+@pytest.fixture(scope="module")
+def course_lessons() -> dict[str, grade.Lesson]:
+    return grade.load_lessons(REPO / "notebooks")
+
+
+@pytest.mark.parametrize("change", ["none", "renamed", "answered", "check deleted",
+                                    "check arguments edited", "cells appended"])
+def test_a_lab_is_recognised_however_the_student_left_it(course_lessons, change):
+    lab = nbformat.read(REPO / "labs" / "image_captioning.ipynb", as_version=4)
+    name = "image_captioning"
+    if change == "renamed":
+        name = "homework3_alice"
+    elif change == "answered":
+        lab = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
+    elif change == "check deleted":
+        lab = without(lab, "check.tokenizer(")
+    elif change == "check arguments edited":
+        cell = lab.cells[index_of(lab, "check.tokenizer(")]
+        cell.source = "check.tokenizer(my_tokenizer, 10, 5)  # my names"
+    elif change == "cells appended":
+        lab.cells += [nbformat.v4.new_code_cell(f"print({i})") for i in range(10)]
+    lesson, why = grade.identify(lab, course_lessons, name)
+    assert (lesson.name if lesson else None, why) == ("image_captioning", "")
+
+
+def test_another_lesson_and_unknown_notebooks_are_named(course_lessons):
+    other = nbformat.read(REPO / "labs" / "getting_started.ipynb", as_version=4)
+    assert grade.identify(other, course_lessons, "image_captioning")[0].name == "getting_started"
+    stranger = notebook([("import this", []), ("print(1 + 1)", [])])
+    lesson, why = grade.identify(stranger, course_lessons, "image_captioning")
+    assert lesson is None
+    assert re.fullmatch(r"unknown lesson: it shares 0 of the \d+ code cells of the closest "
+                        r"lesson, \w+", why)
+
+
+def test_hidden_folders_and_the_output_folder_hold_no_submissions(tmp_path):
+    for name in ["a.ipynb", "sub/b.ipynb", ".ipynb_checkpoints/a-checkpoint.ipynb",
+                 "sub/.ipynb_checkpoints/b-checkpoint.ipynb", "grades/executed/a.ipynb",
+                 "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    found = grade.find_submissions(tmp_path, tmp_path / "grades")
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.ipynb", "sub/b.ipynb"]
+
+
+# Refusals (no kernel) ------------------------------------------------------------------------
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel was started")
+    monkeypatch.setattr(grade, "_execute", refuse)
+    monkeypatch.setattr(runner, "gpu_visible", lambda: True)
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "no such folder: .*nowhere"),
+    ("empty", r"no notebooks \(\*\.ipynb\) in"),
+    ("checkpoints only", r"no notebooks \(\*\.ipynb\) in"),
+    ("unknown parameter", "-p sets SCLAE but lesson tiny declares no such parameter"),
+    ("no lessons", "no lesson notebooks in"),
+])
+def test_grader_misuse_is_refused_in_one_line(tmp_path, capsys, no_kernel, tiny_lessons,
+                                               setup, message):
+    folder = tmp_path / ("nowhere" if setup == "missing" else "submissions")
+    lessons = tmp_path / "no_lessons" if setup == "no lessons" else tiny_lessons
+    extra = ["-p", "SCLAE", "3"] if setup == "unknown parameter" else []
+    if setup != "missing":
+        folder.mkdir()
+    if setup == "checkpoints only":
+        (folder / ".ipynb_checkpoints").mkdir()
+        nbformat.write(notebook(TINY), folder / ".ipynb_checkpoints" / "a-checkpoint.ipynb")
+    if setup in ("unknown parameter", "no lessons"):
+        nbformat.write(tiny_solution_and_lab(tiny_lessons)[0], folder / "a.ipynb")
+    out = tmp_path / "out"
+    assert grade.main([str(folder), "--profile", "full", "--out", str(out),
+                       "--lessons", str(lessons), *extra]) == 2
+    assert re.search(message, one_line_error(capsys))
+    assert not (out / grade.CSV_FILE).exists()
+
+
+# Grading the tiny lesson: every kind of row ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_grades(tiny_lessons, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions")
+    solution, lab = tiny_solution_and_lab(tiny_lessons)
+    nbformat.write(solution, folder / "solution.ipynb")
+    nbformat.write(lab, folder / "lab.ipynb")
+    wrong = nbformat.from_dict(solution)
+    wrong.cells[index_of(wrong, "return 2 * x")].source = "def double(x):\n    return x + 2"
+    (folder / "wrong").mkdir()
+    nbformat.write(wrong, folder / "wrong" / "alice.ipynb")  # named by the student
+    nbformat.write(without(solution, "check.square("), folder / "deleted.ipynb")
+    crash = nbformat.from_dict(solution)
+    crash.cells[index_of(crash, "return 2 * x")].source = "def double(x)\n    return 2 * x"
+    crash.cells[index_of(crash, "return x * x")].source = "def square(x):\n    return x / 0"
+    nbformat.write(crash, folder / "crash.ipynb")
+    forever = nbformat.from_dict(solution)
+    forever.cells.insert(index_of(forever, "check.double(") + 1,
+                         nbformat.v4.new_code_cell("while True:\n    pass"))
+    # A PASS left from the student's session must not count: the check never ran here.
+    forever.cells[index_of(forever, "check.square(")].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="PASS Exercise 2 (square)\n")]
+    nbformat.write(forever, folder / "forever.ipynb")
+    untagged = nbformat.from_dict(solution)
+    untagged.cells[0].metadata = {}
+    nbformat.write(untagged, folder / "untagged.ipynb")
+    (folder / "broken.ipynb").write_bytes(b"\x00\x01 not a notebook \xff")
+    nbformat.write(notebook(INTRO), folder / "intro_copy.ipynb")
+    nbformat.write(notebook([("import this", [])]), folder / "other.ipynb")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "lab-checkpoint.ipynb").write_bytes(b"skipped")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    out = tmp_path_factory.mktemp("grades")
+    rows = grade.grade(folder, PLAIN, out, tiny_lessons, out / "data", out / "images",
+                       timeout_s=LIMIT)
+    return {
+        "rows": {row.file: row for row in rows}, "csv": read_csv(out / grade.CSV_FILE),
+        "markdown": (out / grade.MARKDOWN_FILE).read_text(), "out": out, "folder": folder,
+        "unchanged": before == {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()},
+        "left_running": psutil.Process().children(recursive=True),
+        "forever": forever,
+    }
+
+
+NIE = "not reached: NotImplementedError"
+
+
+@pytest.mark.parametrize("file, grades, note", [
+    ("solution.ipynb", ["pass", "pass", "pass"], ""),
+    # 1: the check calls the placeholder; 2: so does the check, which reports it as a failure;
+    # 3: the cell raises, so `answer` is undefined in the check.
+    ("lab.ipynb", [NIE, NIE, NIE], ""),
+    ("wrong/alice.ipynb", ["fail: double(3) gave 5, not 6", "pass", "pass"], ""),
+    ("deleted.ipynb", ["pass", "missing", "pass"], "no cell calls check.square(...)"),
+    # 1: a syntax error left `double` undefined; 2: the check reports the answer's error.
+    ("crash.ipynb", ["not reached: NameError",
+                     "fail: square raised ZeroDivisionError: division by zero", "pass"], ""),
+])
+def test_each_exercise_gets_its_grade(tiny_grades, file, grades, note):
+    row = tiny_grades["csv"][file]
+    assert row["lesson"] == "tiny"
+    assert [row[f"Exercise {n}"] for n in (1, 2, 3)] == grades
+    assert row["passed"] == f"{grades.count('pass')}/3"
+    assert row["note"] == note
+    executed = tiny_grades["out"] / "executed" / file
+    assert "injected-parameters" in executed.read_text()
+
+
+def test_a_never_ending_notebook_is_stopped_and_what_ran_is_kept(tiny_grades):
+    row = tiny_grades["csv"]["forever.ipynb"]
+    assert [row[f"Exercise {n}"] for n in (1, 2, 3)] == ["pass", "timeout", "timeout"]
+    loop = index_of(tiny_grades["forever"], "while True")
+    assert row["note"] == f"timed out after {LIMIT} s in cell {loop} ('while True:')"
+    assert tiny_grades["left_running"] == []  # the kernel went with papermill
+
+
+@pytest.mark.parametrize("file, lesson, note", [
+    ("broken.ipynb", "", "not a notebook: "),
+    ("intro_copy.ipynb", "intro", "intro has no exercises to grade"),
+    ("other.ipynb", "?", "unknown lesson: it shares 0 of the "),
+    ("untagged.ipynb", "tiny", "cannot run: untagged.ipynb has no cell tagged 'parameters'"),
+])
+def test_files_that_cannot_be_graded_get_a_row_saying_why(tiny_grades, file, lesson, note):
+    row = tiny_grades["csv"][file]
+    assert (row["lesson"], row["passed"]) == (lesson, "")
+    assert row["note"].startswith(note)
+    assert [row[f"Exercise {n}"] for n in (1, 2, 3)] == ["", "", ""]
+
+
+def test_every_file_has_one_row_and_students_files_are_untouched(tiny_grades):
+    assert sorted(tiny_grades["csv"]) == sorted(
+        p.relative_to(tiny_grades["folder"]).as_posix()
+        for p in tiny_grades["folder"].rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    assert tiny_grades["unchanged"]
+    assert not (tiny_grades["folder"] / "outputs").exists()
+
+
+def test_the_markdown_table_matches_the_csv(tiny_grades):
+    lines = tiny_grades["markdown"].splitlines()
+    assert lines[0] == ("| file | lesson | Exercise 1 | Exercise 2 | Exercise 3 | passed "
+                        "| wall time | note |")
+    row = tiny_grades["csv"]["wrong/alice.ipynb"]
+    assert (f"| wrong/alice.ipynb | tiny | {row['Exercise 1']} | pass | pass | 2/3 | "
+            f"{float(row['seconds']):.0f} s |  |") in lines
+    assert "- Exercise 2: square it (check.square)" in lines
+
+
+# The real lesson, end to end through the command line ----------------------------------------
+
+def wrong_loss(solution: nbformat.NotebookNode,
+               lesson: grade.Lesson) -> tuple[int, nbformat.NotebookNode]:
+    """The solution with the masked loss replaced by a mean over every token, padding included."""
+    [exercise] = [e for e in lesson.exercises if e.check == "masked_loss"]
+    source = nbformat.read(REPO / "notebooks" / f"{lesson.name}.ipynb", as_version=4)
+    [block] = [b for b in labs.exercises(source) if b.number == exercise.number]
+    kept = [line for line in block.answer if not line.strip().startswith(("mask", "return"))]
+    assert any("per_token" in line for line in kept), f"no per_token in {block.answer}"
+    wrong = nbformat.from_dict(solution)
+    cell = wrong.cells[block.cell]
+    answer = "\n".join(block.answer)
+    assert answer in cell.source
+    cell.source = cell.source.replace(
+        answer, "\n".join([*kept, f"{block.indent}return ops.mean(per_token)"]))
+    return exercise.number, wrong
+
+
+@pytest.fixture(scope="module")
+def course_grades(tmp_path_factory, course_lessons):
+    lesson = course_lessons["image_captioning"]
+    folder = tmp_path_factory.mktemp("class")
+    solution = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
+    nbformat.write(solution, folder / "solution.ipynb")
+    nbformat.write(nbformat.read(REPO / "labs" / "image_captioning.ipynb", as_version=4),
+                   folder / "lab.ipynb")
+    number, wrong = wrong_loss(solution, lesson)
+    nbformat.write(wrong, folder / "wrong_loss.ipynb")
+    (folder / "broken.ipynb").write_text("these are notes, not a notebook")
+    out = tmp_path_factory.mktemp("grades")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = grade.main([str(folder), "--profile", "smoke", "--out", str(out),
+                           "--lessons", str(REPO / "notebooks"),
+                           "--data-dir", str(REPO / "data"),
+                           "--sample-images-dir", str(REPO / "sample_images"),
+                           # The smallest run that still trains and evaluates.
+                           "-p", "EPOCHS", "2", "-p", "TRAIN_SPLIT", "train[:64]",
+                           "-p", "EVAL_IMAGES", "16"])
+    print(printed.getvalue())  # shown by pytest when a test using it fails
+    return {"code": code, "printed": printed.getvalue(), "csv": read_csv(out / grade.CSV_FILE),
+            "markdown": (out / grade.MARKDOWN_FILE).read_text(), "lesson": lesson,
+            "wrong": number, "out": out}
+
+
+def test_the_course_is_graded_as_expected(course_grades):
+    lesson = course_grades["lesson"]
+    source = nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4)
+    top_level = {b.number for b in labs.exercises(source) if b.indent == ""}
+    numbers = [e.number for e in lesson.exercises]
+    rows = course_grades["csv"]
+    assert course_grades["code"] == 0
+    assert sorted(rows) == ["broken.ipynb", "lab.ipynb", "solution.ipynb", "wrong_loss.ipynb"]
+
+    solution = rows["solution.ipynb"]
+    assert [solution[f"Exercise {n}"] for n in numbers] == ["pass"] * len(numbers)
+    assert (solution["lesson"], solution["passed"], solution["note"]) == (
+        "image_captioning", f"{len(numbers)}/{len(numbers)}", "")
+
+    lab = rows["lab.ipynb"]
+    assert lab["Exercise 1"] == NIE
+    for n in numbers:  # an answer written at a cell's top level stops its own cell
+        assert lab[f"Exercise {n}"] == NIE if n in top_level else (
+            lab[f"Exercise {n}"].startswith("not reached: ")), n
+    assert lab["passed"] == f"0/{len(numbers)}"
+
+    wrong = rows["wrong_loss.ipynb"]
+    for n in numbers:
+        if n == course_grades["wrong"]:
+            assert wrong[f"Exercise {n}"].startswith("fail: padding is counted")
+        else:
+            assert wrong[f"Exercise {n}"] == "pass", n
+
+    broken = rows["broken.ipynb"]
+    assert broken["note"].startswith("not a notebook: ")
+    assert [broken[f"Exercise {n}"] for n in numbers] == [""] * len(numbers)
+
+
+def test_the_table_and_the_total_time_are_printed(course_grades):
+    printed = course_grades["printed"]
+    assert course_grades["markdown"] in printed
+    assert ("Profile smoke, with -p EPOCHS=2, TRAIN_SPLIT='train[:64]', EVAL_IMAGES=16."
+            in course_grades["markdown"])
+    assert re.search(r"\n4 files graded in \d+ s", printed)
+    for title in (e.title for e in course_grades["lesson"].exercises):
+        assert f"- {title} (check." in course_grades["markdown"]
+    for name in ("solution", "lab", "wrong_loss"):
+        assert (course_grades["out"] / "executed" / f"{name}.ipynb").is_file()
