@@ -4,14 +4,14 @@
 
 An instructor marks the lines a student must write inside a code cell:
 
-    ### BEGIN SOLUTION Exercise 2: shift the target
-    # TODO: the target is `tokens` moved left by one position, with a 0 appended.
-    target = tf.concat([tokens[1:], tf.zeros([1], dtype=tokens.dtype)], axis=0)
+    ### BEGIN SOLUTION Exercise 2: scale the features
+    # TODO: divide each feature vector by its largest absolute value.
+    scaled = features / ops.max(ops.abs(features), axis=-1, keepdims=True)
     ### END SOLUTION
 
 The comment lines that open a block are the student's instructions. The solution keeps the
 answer and drops the markers and instructions; the lab keeps the instructions and replaces
-the answer with `raise NotImplementedError("Exercise 2: shift the target")`, so running a
+the answer with `raise NotImplementedError("Exercise 2: scale the features")`, so running a
 lab stops at the first unanswered exercise with a message that names it.
 
 Both copies are stored clean: no outputs, no execution counts, normalised metadata (the course
