@@ -52,6 +52,13 @@ def rehearsal_run() -> dict[str, runner.Result]:
     return run_every_solution(profiles.REHEARSAL)
 
 
+def one_line_error(capsys) -> str:
+    """What a command-line tool printed on stderr, asserted to be one `error: ...` line."""
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    return captured.err
+
+
 def printed_text(executed: Path) -> str:
     """Everything an executed notebook's code cells printed."""
     import nbformat

@@ -17,7 +17,7 @@ import pytest
 from captioning_course import grade, labs, runner
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
-from conftest import REPO
+from conftest import REPO, one_line_error
 
 PLAIN = Profile(name="plain", description="no overrides", timeout_s=300, data_slice=None,
                 overrides={})
@@ -193,12 +193,6 @@ def no_kernel(monkeypatch):
         raise AssertionError("a kernel was started")
     monkeypatch.setattr(grade, "_execute", refuse)
     monkeypatch.setattr(runner, "gpu_visible", lambda: True)
-
-
-def one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
-    return captured.err
 
 
 @pytest.mark.parametrize("setup, message", [

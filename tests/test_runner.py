@@ -24,6 +24,7 @@ from captioning_course import record, runner
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
 from captioning_course.weights import RandomWeights
+from conftest import one_line_error
 
 PLAIN = Profile(name="plain", description="no overrides", timeout_s=300, data_slice=None,
                 overrides={})
@@ -195,12 +196,6 @@ def no_kernel(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel was started")
     monkeypatch.setattr(runner, "_execute", refuse)
-
-
-def one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
-    return captured.err
 
 
 @pytest.mark.parametrize("name, message", [

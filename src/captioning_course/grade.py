@@ -67,10 +67,9 @@ from typing import Any
 
 import nbformat
 
-from captioning_course import data_slice, labs, profiles, runner
+from captioning_course import labs, profiles, runner
 from captioning_course.kernel import KERNEL_NAME, KERNELSPEC
 from captioning_course.profiles import Profile
-from captioning_course.weights import RandomWeights
 
 # A cell must be recognised in at least this share of a lesson's cells for a file to count
 # as a lab of that lesson.
@@ -511,13 +510,8 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
     graded_lessons = list({plan.lesson.name: plan.lesson for plan in to_run}.values())
     _check_lesson_parameters(graded_lessons, profile, data_dir, out, sample_images_dir,
                              extra_parameters)
-    if to_run and profile.data_slice is not None:
-        runner.prepare_folder(data_dir)
-        data_slice.prepare(data_dir, profile.data_slice)
-    for weights in {value for lesson in graded_lessons
-                    for value in profile.overrides_for(lesson.name).values()
-                    if isinstance(value, RandomWeights)}:
-        weights.prepare(data_dir)
+    if to_run:
+        runner.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
     rows = [plan.row for plan in plans]
     graded = 0

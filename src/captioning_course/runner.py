@@ -146,6 +146,16 @@ def prepare_folder(folder: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
+def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
+    """Make what the profile's values stand for: the data slice, and weights files."""
+    if profile.data_slice is not None:  # prepared copies point at it too
+        prepare_folder(data_dir)
+        data_slice.prepare(data_dir, profile.data_slice)
+    for weights in {value for lesson in lessons for value in profile.overrides_for(lesson).values()
+                    if isinstance(value, RandomWeights)}:
+        weights.prepare(data_dir)
+
+
 def _added_by_papermill(cell: Any) -> bool:
     return bool(PAPERMILL_TAGS & set(cell.metadata.get("tags", [])))
 
@@ -252,13 +262,7 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
         planned.append((notebook, output_dir, parameters))
     for _, output_dir, _ in planned:
         prepare_folder(output_dir)
-    if profile.data_slice is not None:  # prepared copies point at it too
-        prepare_folder(data_dir)
-        data_slice.prepare(data_dir, profile.data_slice)
-    for weights in {value for notebook in notebooks
-                    for value in profile.overrides_for(notebook.stem).values()
-                    if isinstance(value, RandomWeights)}:
-        weights.prepare(data_dir)
+    prepare_data(profile, [notebook.stem for notebook in notebooks], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
 
     results = []
