@@ -79,7 +79,8 @@ def test_tokenizer_passes_with_the_solution_arguments(lesson, capsys):
 
 def test_tokenizer_default_standardize_loses_the_start_token():
     with fails_with("'<start>' and '<end>' are not in the vocabulary: the default "
-                    "standardisation strips '<' and '>'; pass standardize=standardize"):
+                    "standardisation strips '<' and '>'; the layer must use the lesson's "
+                    "standardize"):
         check.tokenizer(make_tokenizer(), VOCAB_SIZE, MAX_LEN)
 
 
@@ -130,7 +131,8 @@ def test_ds_fn_passes_on_the_solution(lesson, capsys):
     ("tokens", "not shifted"),
     ("tf.concat([tf.zeros([1], dtype=tokens.dtype), tokens[:-1]], axis=0)", "shifted right"),
     ("tf.roll(tokens, -1, 0)", "wrapped around by tf.roll"),
-    ("tokens[1:]", "drop the first token and append one 0"),
+    ("tokens[1:]", "one token leaves at the front, one padding id joins at the end"),
+    ("tf.constant(np.append(tokens.numpy()[1:], 0))", "fails inside tf.data as in training"),
 ])
 def test_ds_fn_wrong_targets(lesson, wrong_target, message):
     tokenizer = lesson["tokenizer"]
@@ -456,6 +458,17 @@ def test_decode_passes_on_the_solution(lesson, capsys):
 
 
 STEP = "logits, state, weights = step_model.predict_on_batch([tokens, state, image_features])"
+
+
+@pytest.mark.parametrize("call", ["step_model([tokens, state, image_features])",
+                                  "step_model.predict([tokens, state, image_features], verbose=0)",
+                                  "step_model(inputs=[tokens, state, image_features])"])
+def test_decode_accepts_every_way_of_running_the_step_model(lesson, call, capsys):
+    namespace = dict(lesson)
+    step = STEP.replace("step_model.predict_on_batch([tokens, state, image_features])", call)
+    exec(solution_cell("def decode(", (STEP, step)), namespace)  # noqa: S102
+    check.decode(namespace["decode"])
+    assert capsys.readouterr().out.startswith("PASS Exercise 5")
 CHOOSE = "choose_next(logits[:, -1, :], banned, top_k, temperature)"
 
 
@@ -477,6 +490,8 @@ CHOOSE = "choose_next(logits[:, -1, :], banned, top_k, temperature)"
      r"decode raised ValueError: step_model expects tokens of shape \(2, 1\)"),
     (("[tokens, state, image_features]", "[tokens, image_features]"),
      "decode raised ValueError: step_model takes a list of three inputs"),
+    ((CHOOSE, "choose_next(logits[:, -1, :], banned, 1, 1.0)"),
+     "does not hand top_k and temperature on to choose_next"),
 ])
 def test_decode_wrong_loops(lesson, replace, message):
     namespace = dict(lesson)

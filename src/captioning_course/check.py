@@ -82,7 +82,8 @@ def tokenizer(layer, vocab_size: int, max_caption_len: int) -> None:
                             "removes")
         if isinstance(standardize, str) and "strip_punctuation" in standardize:
             _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: the default "
-                            "standardisation strips '<' and '>'; pass standardize=standardize")
+                            "standardisation strips '<' and '>'; the layer must use the lesson's "
+                            "standardize function")
         _fail(exercise, "'<start>' and '<end>' are not in the vocabulary: adapt the tokenizer "
                         "on the captions with add_start_end(...) applied")
     # A stray "." is its own word after splitting, so it shows even when "dog" is unknown.
@@ -90,7 +91,7 @@ def tokenizer(layer, vocab_size: int, max_caption_len: int) -> None:
                        tf.constant(["<start> a dog <end>", "<start> A dog . <end>"])).numpy()
     if not np.array_equal(tidy, messy):
         _fail(exercise, "'A dog .' and 'a dog' give different tokens: capitals or punctuation "
-                        "survive; pass standardize=standardize")
+                        "survive; the layer must use the lesson's standardize function")
     _pass(exercise, f"{len(vocabulary)} tokens, captions padded to {max_caption_len}")
 
 
@@ -114,19 +115,29 @@ def ds_fn(create_ds_fn: Callable, tokenizer_layer) -> None:
         _fail(exercise, "the second input must be tokenizer(caption), the caption's token ids")
     if target.shape != tokens.shape:
         _fail(exercise, f"the target has shape {target.shape} but the tokens {tokens.shape}: "
-                        "drop the first token and append one 0")
+                        "the target is as long as the tokens: one token leaves at the front, "
+                        "one padding id joins at the end")
     if np.array_equal(target, tokens):
         _fail(exercise, "the target is not shifted: it equals the input; position t must hold "
                         "the token at t + 1")
     if np.array_equal(target, np.concatenate([[0], tokens[:-1]])):
-        _fail(exercise, "the target is shifted right; shift it left (tokens[1:], then a 0)")
+        _fail(exercise, "the target is shifted right; it must move left: position t holds the "
+                        "token at t + 1")
     if np.array_equal(target, np.roll(tokens, -1)) and tokens[0] != 0:
         _fail(exercise, "the last target is the <start> token wrapped around by tf.roll; the "
                         "end must be padding 0")
     expected = np.concatenate([tokens[1:], [0]])
     if not np.array_equal(target, expected):
         _fail(exercise, f"the target should be {expected[:8].tolist()}..., got "
-                        f"{target[:8].tolist()}...: tokens[1:] followed by a 0")
+                        f"{target[:8].tolist()}...: every token one place to the left, then "
+                        "padding")
+    # make_batches calls it inside tf.data, where there are no NumPy values to take.
+    try:
+        tf.data.Dataset.from_tensors((image, caption)).map(create_ds_fn)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        _fail(exercise, "the value is right, but create_ds_fn fails inside tf.data as in "
+                        f"training: use TensorFlow ops, not NumPy; it raised {_one_line(error)}",
+              error)
     _pass(exercise, "target is the input shifted left by one and padded with 0")
 
 
@@ -220,9 +231,8 @@ def attention(embedding, gru, attend: Callable, vocab_size: int, attention_dim: 
         _fail(exercise, "attend returns the weights first: return the context vectors, then "
                         "the weights, in the order decoder_attention gives them")
     if value is None:
-        _fail(exercise, "the context is not a weighted sum of the image features: call "
-                        "decoder_attention([gru_output, image_features], "
-                        "return_attention_scores=True) and return its result")
+        _fail(exercise, "the context is not a weighted sum of the image features: return what "
+                        "decoder_attention gives when the image features are the value")
     if (weights == 0).any():
         _fail(exercise, "some attention weights are 0: pass no mask and no use_causal_mask; "
                         "every word may look at every region")
@@ -231,10 +241,9 @@ def attention(embedding, gru, attend: Callable, vocab_size: int, attention_dim: 
     if value == "gru_output":
         if words_ask:
             _fail(exercise, "the value is the GRU output itself, so the words attend to each "
-                            "other: pass the image features as the value, "
-                            "[gru_output, image_features]")
-        _fail(exercise, "query and value are swapped: call decoder_attention([gru_output, "
-                        "image_features]); the words ask, the image answers")
+                            "other: the value must be the image features")
+        _fail(exercise, "query and value are swapped: the words ask (query), the image "
+                        "answers (value)")
     reversed_regions = _attend_outputs(exercise, attend, gru_output, features[:, ::-1])
     regions_answer = (_close(reversed_regions[0], context)  # the regions' order is irrelevant
                       and _close(reversed_regions[1], weights[:, :, ::-1]))
@@ -243,8 +252,8 @@ def attention(embedding, gru, attend: Callable, vocab_size: int, attention_dim: 
     if _close(reversed_regions[1], weights):  # the weights ignore the regions altogether
         _fail(exercise, wrong_key)
     if not words_ask:
-        _fail(exercise, "the attention query must be the GRU output: call "
-                        "decoder_attention([gru_output, image_features]); the words ask")
+        _fail(exercise, "the attention query must be the GRU output: the words ask, the image "
+                        "answers")
     if not regions_answer:
         _fail(exercise, wrong_key)
     if context.shape != (2, words, attention_dim) or weights.shape != (2, words, regions):
@@ -414,6 +423,13 @@ class ScriptedStepModel:
         weights = features[:, None, :, 0]  # any (batch, 1, regions) array will do
         return logits, state + 1.0, weights
 
+    # A Keras model answers these too; a student may use any of them.
+    def __call__(self, inputs, training=False):
+        return self.predict_on_batch(inputs)
+
+    def predict(self, inputs, verbose="auto", **kwargs):
+        return self.predict_on_batch(inputs)
+
 
 def _locals_where_raised(error: BaseException, function: Callable) -> dict:
     """The local variables of `function` at the moment `error` passed through it."""
@@ -422,6 +438,35 @@ def _locals_where_raised(error: BaseException, function: Callable) -> dict:
         if frame.f_code is getattr(function, "__code__", None):
             found = dict(frame.f_locals)
     return found
+
+
+SAMPLE_TOP_K, SAMPLE_T = 3, 0.5
+
+
+def _sampling_settings(decode_fn: Callable, features: np.ndarray) -> set[tuple]:
+    """The (top_k, temperature) that choose_next receives when decode is asked to sample.
+
+    choose_next is looked up in the module that defines decode (the notebook), and wrapped
+    only for this call."""
+    module = getattr(decode_fn, "__globals__", {})
+    choose_next = module.get("choose_next")
+    if not callable(choose_next):
+        return set()
+    seen = set()
+
+    def recording(logits, banned, top_k, temperature):
+        seen.add((top_k, temperature))
+        return choose_next(logits, banned, top_k, temperature)
+
+    module["choose_next"] = recording
+    try:
+        decode_fn(features, ScriptedStepModel(), CHECK_VOCABULARY, top_k=SAMPLE_TOP_K,
+                  temperature=SAMPLE_T)
+    except Exception:  # noqa: BLE001, S110 (the greedy run above already judged the loop)
+        pass
+    finally:
+        module["choose_next"] = choose_next
+    return seen
 
 
 def decode(decode_fn: Callable) -> None:
@@ -459,7 +504,7 @@ def decode(decode_fn: Callable) -> None:
     start = CHECK_VOCABULARY.index("<start>")
     if len(model.calls) > 1 and all((tokens == start).all() for tokens, _ in model.calls):
         _fail(exercise, "the chosen word is not fed back: the next step's input must be the "
-                        "ids just chosen (next_ids[:, None])")
+                        "ids just chosen, one per image")
     if any("<end>" in caption.split() for caption in captions):
         _fail(exercise, "'<end>' is part of a caption: stop before appending it")
     if len(model.calls) > len(SCRIPTS[0]) + 1:
@@ -473,4 +518,7 @@ def decode(decode_fn: Callable) -> None:
                         "only to captions not yet done")
     if [len(a) for a in attention] != [len(s) for s in SCRIPTS]:
         _fail(exercise, "keep one attention map per generated word")
+    if _sampling_settings(decode_fn, features) not in (set(), {(SAMPLE_TOP_K, SAMPLE_T)}):
+        _fail(exercise, "decode(..., top_k=3, temperature=0.5) does not hand top_k and "
+                        "temperature on to choose_next, so sampling never happens")
     _pass(exercise, "state carried, words chosen with choose_next and fed back, stops at <end>")
