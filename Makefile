@@ -27,8 +27,8 @@ help:
 	@echo "make lint               ruff on .py and .ipynb"
 	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=...]"
 
-# The kernel is registered on every call: `make install` is what a lesson opened in the wrong
-# kernel tells the student to run, and it must point the kernel at this clone.
+# `make install` always points the kernel at this clone: it is what a lesson opened in the
+# wrong kernel tells the student to run. Other targets register it only with a new .venv.
 install: $(INSTALLED)
 	@$(PY) -m captioning_course.kernel
 
@@ -42,41 +42,42 @@ ifeq ($(GPU),1)
 	$(PY) -m pip install --quiet "$(subst tensorflow==,tensorflow[and-cuda]==,$(TENSORFLOW_PIN))"
 endif
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])" 2>/dev/null
+	$(PY) -m captioning_course.kernel
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])"
 	touch $@
 
 # Jupyter refuses to run as root unless told; containers often run as root.
-lab: install
+lab: $(INSTALLED)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/labs \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
-data: install
+data: $(INSTALLED)
 	$(PY) -m captioning_course.data_slice --data-dir data
 
-execute-solutions: install
+execute-solutions: $(INSTALLED)
 	$(PY) -m captioning_course.runner --profile $(PROFILE) $(NOTEBOOKS)
 
-test: install
+test: $(INSTALLED)
 	$(PY) -m pytest
 
 # The quick loop for an instructor editing a lesson: about a minute.
-check: install
+check: $(INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
-labs: install
+labs: $(INSTALLED)
 	$(PY) -m captioning_course.labs
 
-lint: install
+lint: $(INSTALLED)
 	$(PY) -m ruff check .
 
-grade: install
+grade: $(INSTALLED)
 	@test -n "$(SUBMISSIONS)" || { echo "make grade needs SUBMISSIONS=folder of the students' notebooks"; exit 2; }
 	$(PY) -m captioning_course.grade "$(SUBMISSIONS)" --profile $(PROFILE)
 
 # nbval runs the prepared copies; its kernel starts in their folder, so the runner injects
 # absolute paths for data, outputs and sample images.
-nbval: install
+nbval: $(INSTALLED)
 	$(PY) -m captioning_course.runner --profile $(PROFILE) --build-dir build/nbval --prepare-only $(NOTEBOOKS)
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider -o addopts="" build/nbval/$(PROFILE)
 

@@ -127,7 +127,7 @@ def test_unknown_parameter_is_refused_before_running(tmp_path):
 def test_notebook_without_parameters_cell_is_refused(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
     nbformat.write(nb, tmp_path / "untagged.ipynb")
-    with pytest.raises(runner.UnknownParameterError, match="no cell tagged 'parameters'"):
+    with pytest.raises(runner.RunnerError, match="no cell tagged 'parameters'"):
         run_one(tmp_path / "untagged.ipynb", tmp_path / "build")
 
 

@@ -140,7 +140,7 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
     """(index, source) of every code cell, papermill's own cells left out."""
     return [(index, cell.get("source", "")) for index, cell in enumerate(nb.cells)
             if cell.get("cell_type") == "code"
-            and not runner.PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", []))]
+            and not runner.added_by_papermill(cell)]
 
 
 def _fingerprint(source: str) -> str | None:
@@ -231,18 +231,19 @@ def identify(nb: nbformat.NotebookNode, lessons: dict[str, Lesson],
 def _papermill_child() -> None:
     """Runs in the child process: papermill on every cell, errors or not.
 
-    After a run with errors papermill marks the first error in the executed copy and raises;
-    the grader reads every cell's outcome itself, so neither happens here.
+    After a run with errors papermill marks the first error at the top of the executed copy
+    and raises; the grader reads every cell's outcome itself, skipping papermill's cells.
     """
     import papermill
-    import papermill.execute
+    from papermill.exceptions import PapermillExecutionError
 
     args = json.loads(sys.argv[1])
-    papermill.execute.raise_for_execution_errors = lambda nb, output_path: None
     try:
         papermill.execute_notebook(
             args["input"], args["output"], parameters=args["parameters"],
             kernel_name=KERNEL_NAME, cwd=args["cwd"], progress_bar=False, allow_errors=True)
+    except PapermillExecutionError:
+        pass  # every cell ran; the executed copy holds each one's outcome
     except Exception as exc:
         import traceback
 
@@ -284,7 +285,7 @@ def _clean_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     copy = nbformat.from_dict(json.loads(json.dumps(nb)))
     # Cells a papermill run of the student's left behind; this run adds its own.
     copy.cells = [cell for cell in copy.cells
-                  if not runner.PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", []))]
+                  if not runner.added_by_papermill(cell)]
     for cell in copy.cells:
         if cell.get("cell_type") == "code":
             cell["outputs"], cell["execution_count"] = [], None
@@ -346,7 +347,7 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
     `located` gives the index, in the student's file, of each self-check cell it has.
     """
     ran = [c for c in executed.cells
-           if not runner.PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))
+           if not runner.added_by_papermill(c)
            ] if executed is not None else []
     # What papermill's own error was called, e.g. DeadKernelError when the kernel died.
     ename = reason.split(":", 1)[0] if ":" in reason else "run stopped"
@@ -380,7 +381,7 @@ def _running_cell(executed: nbformat.NotebookNode | None) -> str:
     if executed is None:
         return ""
     cells = [c for c in executed.cells
-             if not runner.PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))]
+             if not runner.added_by_papermill(c)]
     for index, cell in enumerate(cells):
         if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
             return f" in {_cell_name(index, cell.get('source', ''))}"

@@ -93,7 +93,7 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise RunnerError(f"cannot read {notebook} as a notebook ({exc})") from None
     if not any("parameters" in cell.metadata.get("tags", []) for cell in nb.cells):
-        raise UnknownParameterError(f"{notebook} has no cell tagged 'parameters'")
+        raise RunnerError(f"{notebook} has no cell tagged 'parameters'")
     # papermill needs a kernel name to read the parameters cell, even with --kernel.
     if not nb.metadata.get("kernelspec", {}).get("name"):
         raise RunnerError(
@@ -156,8 +156,9 @@ def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
         weights.prepare(data_dir)
 
 
-def _added_by_papermill(cell: Any) -> bool:
-    return bool(PAPERMILL_TAGS & set(cell.metadata.get("tags", [])))
+def added_by_papermill(cell: Any) -> bool:
+    """Whether papermill added `cell` to an executed copy (parameters, error marker)."""
+    return bool(PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", [])))
 
 
 def failing_cell(notebook: Path, executed: Path) -> str | None:
@@ -171,8 +172,8 @@ def failing_cell(notebook: Path, executed: Path) -> str | None:
         executed_cells = nbformat.read(executed, as_version=4).cells
     except (OSError, ValueError) as exc:
         return f"executed copy {executed} is unreadable ({exc})"
-    authored = [index for index, cell in enumerate(source_cells) if not _added_by_papermill(cell)]
-    ran = [cell for cell in executed_cells if not _added_by_papermill(cell)]
+    authored = [index for index, cell in enumerate(source_cells) if not added_by_papermill(cell)]
+    ran = [cell for cell in executed_cells if not added_by_papermill(cell)]
     for index, cell in zip(authored, ran, strict=False):
         if cell.cell_type != "code":
             continue
