@@ -55,7 +55,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -260,24 +259,14 @@ def _execute(copy: Path, executed: Path, parameters: dict[str, Any], cwd: Path, 
                "from captioning_course.grade import _papermill_child; _papermill_child()",
                json.dumps({"input": str(copy), "output": str(executed), "cwd": str(cwd),
                            "parameters": parameters})]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as messages:
-        # In a session of its own, papermill does not see a Ctrl-C meant for the grader.
-        process = subprocess.Popen(command, env=env, stdout=messages, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            status = "ok" if process.wait(timeout=timeout_s) == 0 else "stopped"
-        except subprocess.TimeoutExpired:
-            status = "timeout"
-        finally:
-            if process.returncode is None:  # also on Ctrl-C, which propagates from here
-                runner.stop_process_tree(process)
-    reason = ""
-    if status == "stopped":
-        lines = [line for line in log.read_text(errors="replace").splitlines()
-                 if line.startswith(STOPPED)]
-        reason = lines[-1][len(STOPPED):] if lines else f"exit code {process.returncode}"
-    return status, reason
+        status = runner.run_stoppable(command, timeout_s, stdout=messages,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if status != "failed":
+        return status, ""
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if line.startswith(STOPPED)]
+    return "stopped", lines[-1][len(STOPPED):] if lines else f"papermill failed; see {log}"
 
 
 def _clean_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

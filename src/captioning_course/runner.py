@@ -218,6 +218,24 @@ def stop_process_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(tree, timeout=10)
 
 
+def run_stoppable(command: list[str], timeout_s: int, **popen: Any) -> str:
+    """Run a papermill `command`: "ok", "failed" or "timeout".
+
+    On a timeout, or a Ctrl-C (which then propagates), its whole process tree is stopped.
+    """
+    # Keep TensorFlow's C++ start-up chatter out of the executed copies.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
+    # In a session of its own, papermill does not see a Ctrl-C meant for the caller.
+    process = subprocess.Popen(command, env=env, start_new_session=True, **popen)
+    try:
+        return "ok" if process.wait(timeout=timeout_s) == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    finally:
+        if process.returncode is None:  # not reaped yet, so its pid is still papermill's
+            stop_process_tree(process)
+
+
 def _execute(notebook: Path, executed: Path, parameters: dict[str, Any], timeout_s: int,
              prepare_only: bool) -> str:
     command = [
@@ -226,19 +244,10 @@ def _execute(notebook: Path, executed: Path, parameters: dict[str, Any], timeout
         "--parameters_yaml", json.dumps(parameters),  # JSON is valid YAML
         "--progress-bar" if not prepare_only else "--prepare-only",
     ]
-    # Keep TensorFlow's C++ start-up chatter out of the executed copies.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
-    # In a session of its own, papermill does not see a Ctrl-C meant for the runner.
-    process = subprocess.Popen(command, env=env, start_new_session=True)
     try:
-        return "ok" if process.wait(timeout=timeout_s) == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        return "timeout"
+        return run_stoppable(command, timeout_s)
     except KeyboardInterrupt:
         return "interrupted"
-    finally:
-        if process.returncode is None:  # not reaped yet, so its pid is still papermill's
-            stop_process_tree(process)
 
 
 def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path,
