@@ -324,20 +324,14 @@ def _unanswered(number: int, cells: list[Any]) -> bool:
     return False
 
 
-def _cell_name(index: int, source: str) -> str:
-    lines = source.strip().splitlines()
-    return f"cell {index} ({(lines[0] if lines else '')!r})"
-
-
 def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, status: str,
                    reason: str, located: dict[tuple[str, int], int]) -> dict[int, str]:
     """Each exercise's grade from the executed copy (None if papermill left none).
 
     `located` gives the index, in the student's file, of each self-check cell it has.
     """
-    ran = [c for c in executed.cells
-           if not runner.added_by_papermill(c)
-           ] if executed is not None else []
+    ran = ([c for c in executed.cells if not runner.added_by_papermill(c)]
+           if executed is not None else [])
     # What papermill's own error was called, e.g. DeadKernelError when the kernel died.
     ename = reason.split(":", 1)[0] if ":" in reason else "run stopped"
     stopped = "timeout" if status == "timeout" else f"not reached: {ename}"
@@ -369,11 +363,10 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
 def _running_cell(executed: nbformat.NotebookNode | None) -> str:
     if executed is None:
         return ""
-    cells = [c for c in executed.cells
-             if not runner.added_by_papermill(c)]
+    cells = [c for c in executed.cells if not runner.added_by_papermill(c)]
     for index, cell in enumerate(cells):
         if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
-            return f" in {_cell_name(index, cell.get('source', ''))}"
+            return f" in {runner.cell_name(index, cell.get('source', ''))}"
     return ""
 
 

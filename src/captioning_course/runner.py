@@ -161,6 +161,12 @@ def added_by_papermill(cell: Any) -> bool:
     return bool(PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", [])))
 
 
+def cell_name(index: int, source: str) -> str:
+    """A cell as its author finds it: its index in the source notebook and its first line."""
+    lines = source.strip().splitlines()
+    return f"cell {index} ({(lines[0] if lines else '')!r})"
+
+
 def failing_cell(notebook: Path, executed: Path) -> str | None:
     """Describe the first cell that raised, or the one still running when the run stopped.
 
@@ -177,8 +183,7 @@ def failing_cell(notebook: Path, executed: Path) -> str | None:
     for index, cell in zip(authored, ran, strict=False):
         if cell.cell_type != "code":
             continue
-        first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-        where = f"cell {index} ({first_line!r})"
+        where = cell_name(index, cell.source)
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 return f"{where} raised {output['ename']}: {output['evalue']}"
