@@ -1,0 +1,504 @@
+"""An on-disk cache of a frozen CNN encoder's features, computed once and shared by the lessons.
+
+COCO's 118k training images give 64 regions x 1536 channels each: 23 GB in float16, far more
+than memory. So the features of a split are computed once, written to disk in float16 as
+TFRecord shards next to the other fields of each example (captions, boxes...), and streamed
+by tf.data while a lesson trains its decoder.
+
+A cache is only as good as its key, so `cached_features` takes one from the caller: a
+JSON-serialisable dict of everything that changes the features (dataset, version, split,
+example count, image size, preprocessing, `model_fingerprint(cnn)`...). A cache with another
+key is recomputed, with one line naming the entries that changed; it is never reused in
+silence. An extraction is written under a temporary name and renamed only when complete, so
+an interrupted one (a crash, a kernel restart, Ctrl-C) is never mistaken for a cache, and
+the previous cache stays until its replacement is complete.
+
+Layout of a cache folder:
+
+    FOLDER/NAME/cache.json              the key, the field specs, the shards and their sizes
+    FOLDER/NAME/shard-00000.tfrecord    one tf.train.Example per image, each field a
+    FOLDER/NAME/shard-00001.tfrecord    tf.io.serialize_tensor of its value
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psutil
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import keras
+
+MANIFEST = "cache.json"
+FORMAT = 1  # bumped when the layout changes, so that an older cache is recomputed, not misread
+SHARD_BYTES = 256 * 10**6  # big enough for fast sequential reads, small enough to copy around
+_SHARD_NAME = re.compile(r"shard-\d{5}\.tfrecord")
+# A key value longer than this (a fingerprint, a long list) is named, not shown, in messages.
+_SHOWN_VALUE_CHARS = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedFeatures:
+    """A feature cache on disk and the dataset that reads it."""
+
+    # One dict per example: "features" (float16, the encoder's output shape for one image) and
+    # every other field of the input examples, with its dtype and rank.
+    dataset: tf.data.Dataset
+    path: Path  # the cache folder
+    examples: int
+    size_bytes: int  # on disk
+    extraction_seconds: float | None  # None when the cache was reused
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """sha256 hex of `model`'s architecture and of every weight: its bytes, dtype and shape.
+
+    The architecture is the model's config as JSON (sort_keys), with two changes that keep the
+    fingerprint of the same network stable across runs: layer names are replaced by their order
+    of appearance, since Keras numbers unnamed layers per process ("rescaling_1" when a
+    notebook cell runs twice), and the compile settings are left out, as they do not change
+    what the model computes.
+    """
+    config = json.loads(model.to_json())
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_canonical_config(config), sort_keys=True).encode())
+    for variable in model.weights:
+        array = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{array.dtype.str} {array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def cached_features(
+    examples: tf.data.Dataset,
+    encode: Callable[[tf.Tensor], Any],
+    *,
+    name: str,
+    key: dict,
+    folder: str | Path,
+    batch_size: int,
+    total: int | None = None,
+    description: str = "CNN features",
+) -> CachedFeatures:
+    """The features `encode` gives for the "image" of each example, cached in `folder/name`.
+
+    `examples` is a dataset of dicts of tensors: "image" (float32 height x width x 3, already
+    prepared for the encoder) and any other fields (captions, boxes, labels, scalars...), which
+    are stored unchanged next to the features. `encode` maps a batch of images to an array of
+    shape (batch, ...), e.g. a Keras model's `predict_on_batch`. `key` is a JSON-serialisable
+    dict of everything that changes the features; `total`, the number of examples if known,
+    sets the progress bar's length and is checked against the examples written.
+
+    The cache in `folder/name` is reused when its key equals `key` and its files are intact;
+    otherwise the features are computed again, and the new cache replaces the old one only once
+    it is complete. Prints one line saying which of these happened and why.
+    """
+    _check_name(name)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if total is not None and (not isinstance(total, int) or total < 0):
+        raise ValueError(f"total must be the number of examples or None, not {total!r}")
+    fields = _input_fields(examples)
+    stored_key = _json_round_trip(key)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder for feature caches")
+    final = folder / name
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} is a file, not a feature cache folder")
+    if folder.is_dir():
+        _remove_leftovers(folder, name)
+
+    manifest, reason = _reusable(final, stored_key, fields, total)
+    if manifest is not None:
+        cached = _open(final, manifest, extraction_seconds=None)
+        print(f"Reusing {description} of {_images(cached.examples)} from {final} "
+              f"({_human_size(cached.size_bytes)}).")
+        return cached
+    _check_replaceable(final)
+    cardinality = int(examples.cardinality())  # known for many datasets, e.g. after take(n)
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("the examples repeat forever: cache one pass over them, before repeat()")
+    if total is not None and cardinality >= 0 and cardinality != total:
+        raise ValueError(f"total is {total} but the examples hold {cardinality}: a stale total "
+                         "means a stale key; update both")
+    if reason is None:
+        print(f"Computing the {description} in {final}; later runs with the same key reuse them.")
+    else:
+        print(f"Recomputing the {description} in {final}: {reason}.")
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+        partial.mkdir()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write a feature cache in {folder}: {exc.strerror}") \
+            from exc
+    start = time.perf_counter()
+    progress_total = total if total is not None else (cardinality if cardinality >= 0 else None)
+    try:
+        contents = _extract(examples, encode, fields, partial, batch_size=batch_size,
+                            total=total, progress_total=progress_total, description=description)
+        manifest = {"format": FORMAT, "key": stored_key, "description": description, **contents}
+        _write_manifest(partial / MANIFEST, manifest)  # last: its presence marks a whole cache
+        _swap_in(partial, final)
+    except BaseException:  # KeyboardInterrupt too: a half-written cache must not stay behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return _open(final, manifest, extraction_seconds=time.perf_counter() - start)
+
+
+def _check_name(name: str) -> None:
+    # The name becomes one folder inside `folder`; hidden names are where partial caches live.
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty folder name, not {name!r}")
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in name for sep in separators) or name in (".", ".."):
+        raise ValueError(f"name {name!r} must be a plain folder name, without a path separator")
+    if name.startswith("."):
+        raise ValueError(f"name {name!r} must not start with '.': hidden names are kept for "
+                         "the temporary folders of an extraction")
+
+
+def _input_fields(examples: tf.data.Dataset) -> dict[str, dict]:
+    """The dtype and shape of every field but "image", as the manifest stores them."""
+    if not isinstance(examples, tf.data.Dataset):
+        raise TypeError(f"examples must be a tf.data.Dataset of dicts, not {type(examples)}")
+    spec = examples.element_spec
+    if not isinstance(spec, dict) or "image" not in spec:
+        raise ValueError("examples must be a tf.data.Dataset of dicts with an 'image' field; "
+                         f"its elements are {spec}")
+    if "features" in spec:
+        raise ValueError("the examples have a 'features' field, which the cache uses for the "
+                         "encoder's output; rename it")
+    fields = {}
+    for field, field_spec in spec.items():
+        if field == "image":
+            continue
+        # tf.io.serialize_tensor stores dense tensors only; nested dicts would need flattening.
+        if type(field_spec) is not tf.TensorSpec:
+            raise ValueError(f"field {field!r} of the examples is a {type(field_spec).__name__}; "
+                             "only dense tensors can be cached next to the features")
+        fields[field] = _spec(field_spec.dtype, field_spec.shape)
+    return fields
+
+
+def _spec(dtype: tf.DType, shape: tf.TensorShape) -> dict:
+    return {"dtype": dtype.name, "shape": None if shape.rank is None else shape.as_list()}
+
+
+def _json_round_trip(key: dict) -> dict:
+    # Compared with what the manifest gives back: tuples become lists, numbers stay numbers.
+    if not isinstance(key, dict):
+        raise TypeError(f"key must be a dict of what changes the features, not {type(key)}")
+    try:
+        return json.loads(json.dumps(key, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"key must be JSON-serialisable: {exc}") from exc
+
+
+def _reusable(final: Path, key: dict, fields: dict, total: int | None
+              ) -> tuple[dict | None, str | None]:
+    """(the manifest, None) for a reusable cache, else (None, why not; None if there is none)."""
+    if not final.is_dir():
+        return None, None
+    damaged = "the cache is incomplete or damaged"
+    try:
+        manifest = json.loads((final / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, f"{damaged} (it has no {MANIFEST})"
+    except (OSError, ValueError) as exc:
+        return None, f"{damaged} ({MANIFEST} is unreadable: {exc})"
+    try:
+        if manifest["format"] != FORMAT:
+            return None, f"the cache has format {manifest['format']}, not {FORMAT}"
+        if manifest["key"] != key:
+            return None, _key_changes(manifest["key"], key)
+        stored = {field: spec for field, spec in manifest["fields"].items() if field != "features"}
+        if stored != fields:
+            return None, _field_changes(stored, fields)
+        if not isinstance(manifest["examples"], int) or "features" not in manifest["fields"]:
+            return None, f"{damaged} ({MANIFEST} lacks the example count or the features)"
+        if total is not None and manifest["examples"] != total:
+            # The key missed what changed the examples (a new dataset version?): recount them.
+            return None, f"it holds {manifest['examples']} examples, not the total of {total}"
+        for shard in manifest["shards"]:
+            path = final / shard["file"]
+            if not path.is_file():
+                return None, f"{damaged} ({shard['file']} is missing)"
+            if path.stat().st_size != shard["bytes"]:
+                return None, (f"{damaged} ({shard['file']} has {path.stat().st_size} bytes "
+                              f"instead of {shard['bytes']})")
+    except (KeyError, TypeError, AttributeError) as exc:
+        return None, f"{damaged} ({MANIFEST} is not a cache manifest: {exc!r})"
+    return manifest, None
+
+
+def _key_changes(old: Any, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "the key changed"
+
+    def shown(value: Any) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    def short(*values: Any) -> bool:
+        return all(len(shown(v)) <= _SHOWN_VALUE_CHARS for v in values)
+
+    changes = []
+    for entry, value in new.items():
+        if entry not in old:
+            changes.append(f"{entry} added ({shown(value)})" if short(value)
+                           else f"{entry} added")
+        elif old[entry] != value:
+            changes.append(f"{entry} changed ({shown(old[entry])} -> {shown(value)})"
+                           if short(old[entry], value) else f"{entry} changed")
+    changes += [f"{entry} removed" for entry in old if entry not in new]
+    return ", ".join(changes)
+
+
+def _field_changes(old: dict, new: dict) -> str:
+    changes = [f"field {field} added" for field in new if field not in old]
+    changes += [f"field {field} removed" for field in old if field not in new]
+    changes += [f"field {field} changed ({_shown_spec(old[field])} -> {_shown_spec(new[field])})"
+                for field in new if field in old and old[field] != new[field]]
+    return ", ".join(changes)
+
+
+def _shown_spec(spec: Any) -> str:
+    try:
+        return f"{spec['dtype']} {tuple(spec['shape'])}".replace("None", "?")
+    except (KeyError, TypeError):
+        return "unknown"
+
+
+def _check_replaceable(final: Path) -> None:
+    """Refuse to replace a folder that holds anything but a feature cache's files."""
+    if not final.is_dir():
+        return
+    foreign = sorted(p.name for p in final.iterdir()
+                     if p.name != MANIFEST and not _SHARD_NAME.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(f"{final} exists and is not a feature cache (it holds {shown}); "
+                         "choose another name or folder")
+
+
+def _remove_leftovers(folder: Path, name: str) -> None:
+    """Remove the temporary folders of extractions whose process died: it cannot do it itself."""
+    for entry in folder.iterdir():
+        for kind in ("partial", "old"):
+            prefix = f".{name}.{kind}-"
+            if not entry.name.startswith(prefix):
+                continue
+            owner = re.fullmatch(r"(\d+)-[0-9a-f]+", entry.name[len(prefix):])
+            if owner and entry.is_dir() and not psutil.pid_exists(int(owner[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _extract(examples: tf.data.Dataset, encode: Callable, fields: dict, partial: Path, *,
+             batch_size: int, total: int | None, progress_total: int | None,
+             description: str) -> dict:
+    """Encode every example into shards in `partial`; their count, field specs and shards."""
+    names = list(fields)
+
+    def serialize_fields(example: dict) -> dict:
+        # Serialised before batching, every field keeps its exact dtype and shape, even an
+        # empty (0, 4) box array, and variable-length fields need no ragged batching.
+        serialized = {field: tf.io.serialize_tensor(example[field]) for field in names}
+        return {"image": example["image"], **serialized}
+
+    batches = (examples
+               .map(serialize_fields, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size)
+               .prefetch(tf.data.AUTOTUNE))
+    shards: list[dict] = []
+    writer = None
+    written_in_shard = records_per_shard = 0
+    count = 0
+    feature_shape = None
+    try:
+        with tqdm(total=progress_total, desc=description, unit="image") as progress:
+            for batch in batches:
+                images = batch["image"]
+                features = _encoded(encode, images)
+                if feature_shape is None:
+                    feature_shape = features.shape[1:]
+                elif features.shape[1:] != feature_shape:
+                    raise ValueError(f"encode returned features of shape {features.shape[1:]} "
+                                     f"per image after {feature_shape}")
+                values = {field: batch[field].numpy() for field in names}
+                records = [_record(features[i], {f: values[f][i] for f in names})
+                           for i in range(len(features))]
+                if records_per_shard == 0:
+                    per_record = sum(map(len, records)) / len(records)
+                    records_per_shard = max(1, int(SHARD_BYTES // per_record))
+                for record in records:
+                    if writer is None:
+                        shards.append({"file": f"shard-{len(shards):05d}.tfrecord"})
+                        writer = tf.io.TFRecordWriter(str(partial / shards[-1]["file"]))
+                    writer.write(record)
+                    written_in_shard += 1
+                    if written_in_shard == records_per_shard:
+                        writer.close()
+                        writer, written_in_shard = None, 0
+                count += len(records)
+                progress.update(len(records))
+                if total is not None and count > total:
+                    raise ValueError(f"total is {total} but the examples hold at least {count}: "
+                                     "a stale total means a stale key; update both")
+    finally:
+        if writer is not None:
+            writer.close()
+    if count == 0:
+        raise ValueError("no examples to encode: the dataset is empty")
+    if total is not None and count != total:
+        raise ValueError(f"total is {total} but the examples hold {count}: a stale total "
+                         "means a stale key; update both")
+    for shard in shards:
+        path = partial / shard["file"]
+        _fsync(path)
+        shard["bytes"] = path.stat().st_size
+    return {
+        "examples": count,
+        "fields": {"features": _spec(tf.float16, tf.TensorShape(feature_shape)), **fields},
+        "shards": shards,
+    }
+
+
+def _encoded(encode: Callable, images: tf.Tensor) -> np.ndarray:
+    """encode(images) as float16, checked to give one row per image and to fit in float16."""
+    output = np.asarray(encode(images))
+    if output.ndim == 0 or output.shape[0] != images.shape[0]:
+        raise ValueError(f"encode returned shape {output.shape} for images of shape "
+                         f"{tuple(images.shape)}: the first dimension must be the batch size")
+    with np.errstate(over="ignore"):  # reported below, with the remedy
+        features = output.astype(np.float16)
+    # float16 stops at 65504: larger features would be cached as infinities, and train as NaN.
+    if not np.isfinite(features).all() and np.any(np.isinf(features) & np.isfinite(output)):
+        raise ValueError(f"encode returned values up to {np.abs(output).max():g}, beyond "
+                         "float16's range (65504); scale the features down before caching")
+    return features
+
+
+def _record(features: np.ndarray, fields: dict[str, bytes]) -> bytes:
+    """One tf.train.Example: the serialised tensor of each field."""
+    values = {"features": tf.io.serialize_tensor(features).numpy(), **fields}
+    return tf.train.Example(features=tf.train.Features(feature={
+        field: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        for field, value in values.items()
+    })).SerializeToString()
+
+
+def _fsync(path: Path) -> None:
+    # On disk before the rename: after a power cut the cache is then complete or absent.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    _fsync(path)
+
+
+def _swap_in(partial: Path, final: Path) -> None:
+    """Rename the complete `partial` to `final`, replacing an older cache only then."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        final.rename(old)
+    try:
+        partial.rename(final)
+    except BaseException:
+        if old is not None and not final.exists():
+            old.rename(final)  # put the previous cache back rather than leave none
+        raise
+    if old is not None:
+        # Already out of the way: a failure here leaves a leftover, which a later run removes.
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _open(final: Path, manifest: dict, *, extraction_seconds: float | None) -> CachedFeatures:
+    """The dataset reading the cache in `final`, in the order the examples were written."""
+    specs = {field: (tf.as_dtype(spec["dtype"]), tf.TensorShape(spec["shape"]))
+             for field, spec in manifest["fields"].items()}
+    wanted = {field: tf.io.FixedLenFeature([], tf.string) for field in specs}
+
+    def parse(record: tf.Tensor) -> dict:
+        serialized = tf.io.parse_single_example(record, wanted)
+        return {field: tf.ensure_shape(tf.io.parse_tensor(serialized[field], out_type=dtype),
+                                       shape)
+                for field, (dtype, shape) in specs.items()}
+
+    files = [str(final / shard["file"]) for shard in manifest["shards"]]
+    dataset = (tf.data.TFRecordDataset(files)  # one file after the other: the written order
+               .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .apply(tf.data.experimental.assert_cardinality(manifest["examples"])))
+    size = sum(shard["bytes"] for shard in manifest["shards"])
+    size += (final / MANIFEST).stat().st_size
+    return CachedFeatures(dataset=dataset, path=final, examples=manifest["examples"],
+                          size_bytes=size, extraction_seconds=extraction_seconds)
+
+
+def _canonical_config(config: Any) -> Any:
+    """`config` with layer names replaced by their order of appearance, compile settings out."""
+    names: dict[str, str] = {}
+
+    def add(name: Any) -> None:
+        if isinstance(name, str):
+            names.setdefault(name, f"layer{len(names)}")
+
+    def collect(node: Any) -> None:
+        # A model's config lists its layers under "layers"; a nested model is one of them.
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+                add(inner.get("name"))
+                for layer in inner["layers"]:
+                    if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
+                        add(layer["config"].get("name"))
+                    collect(layer)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: rename(v) for k, v in node.items() if k != "compile_config"}
+        if isinstance(node, list):
+            return [rename(item) for item in node]
+        if isinstance(node, str):
+            return names.get(node, node)
+        return node
+
+    collect(config)
+    return rename(config)
+
+
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
+def _human_size(size: int) -> str:
+    if size >= 10**9:
+        return f"{size / 10**9:.1f} GB"
+    if size >= 10**6:
+        return f"{size / 10**6:.0f} MB"
+    if size >= 10**3:
+        return f"{size / 10**3:.0f} kB"
+    return f"{size} bytes"
