@@ -97,3 +97,53 @@ def notebook_definitions(notebook: Path, *names: str) -> dict:
     missing = [name for name in names if name not in namespace]
     assert not missing, f"{notebook.name} defines no {missing}"
     return namespace
+
+
+class LessonCellsFailed(Exception):
+    """A cell of `run_lesson_cells` raised; the message is papermill's."""
+
+
+def run_lesson_cells(notebook: Path, folder: Path, *, last_cell: str, parameters: dict,
+                     probe: str, preamble: str = "", replace: tuple[tuple[str, str], ...] = ()
+                     ) -> dict:
+    """Execute a lesson's code cells, up to the first containing `last_cell`, in a new kernel.
+
+    The smoke profile's values and `parameters` are injected as papermill does. `preamble`
+    runs first (before TensorFlow is imported), each (old, new) in `replace` edits the cells'
+    source (each old text must occur), and `probe`, a Python expression evaluated last, is
+    returned through JSON. Raises LessonCellsFailed when a cell raises.
+    """
+    import json
+
+    import nbformat
+    import papermill
+
+    from captioning_course.kernel import KERNEL_NAME
+
+    source = nbformat.read(notebook, as_version=4)
+    [end] = [i for i, c in enumerate(source.cells) if last_cell in c.source][:1]
+    cells = [c for c in source.cells[:end + 1] if c.cell_type == "code"]
+    for old, new in replace:
+        assert any(old in c.source for c in cells), f"no cell of {notebook.name} has {old!r}"
+        for cell in cells:
+            cell.source = cell.source.replace(old, new)
+    result = folder / "probe.json"
+    cells.append(nbformat.v4.new_code_cell(
+        f"import json as _json\nopen({str(result)!r}, 'w').write(_json.dumps({probe}))"))
+    if preamble:
+        cells.insert(0, nbformat.v4.new_code_cell(preamble))
+    source.cells = cells
+    trimmed = folder / notebook.name
+    nbformat.write(source, trimmed)
+
+    runner.prepare_data(profiles.SMOKE, [notebook.stem], REPO / "data")
+    values = runner.notebook_parameters(
+        notebook, profiles.SMOKE, REPO / "data", folder / "outputs", REPO / "sample_images",
+        parameters, feature_cache_dir=REPO / "build" / "feature_cache")
+    try:
+        papermill.execute_notebook(trimmed, folder / f"executed-{notebook.name}",
+                                   parameters=values, kernel_name=KERNEL_NAME,
+                                   cwd=str(notebook.parent), progress_bar=False)
+    except papermill.PapermillExecutionError as error:
+        raise LessonCellsFailed(str(error)) from None
+    return json.loads(result.read_text())

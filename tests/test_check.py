@@ -27,6 +27,8 @@ def lesson() -> dict:
     namespace = notebook_definitions(LESSON, "standardize", "create_ds_fn", "masked_loss",
                                      "decode", "choose_next")
     namespace["tokenizer"] = make_tokenizer(namespace["standardize"])
+    # The lesson measures it from the training captions; decode reads it.
+    namespace["caption_length"] = namespace["MAX_CAPTION_LEN"]
     return namespace
 
 
@@ -175,7 +177,7 @@ def test_attention_passes_on_the_solution_and_the_decoder_still_builds(capsys):
     run_attention_check(namespace)
     assert capsys.readouterr().out.startswith("PASS Exercise 3")
     # The check calls the attention layer first, on its own sizes: the models still build.
-    namespace.update(MAX_CAPTION_LEN=MAX_LEN, NUM_REGIONS=9)
+    namespace.update(caption_length=MAX_LEN, NUM_REGIONS=9)
     exec(solution_cell("decoder = keras.Model("), namespace)  # noqa: S102
     exec(solution_cell("step_model = keras.Model("), namespace)  # noqa: S102
     assert namespace["decoder"].output_shape == (None, MAX_LEN, VOCAB_SIZE)

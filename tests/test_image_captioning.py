@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import REPO, notebook_definitions, printed_text
+from conftest import REPO, LessonCellsFailed, notebook_definitions, printed_text, run_lesson_cells
 
 LESSON = REPO / "solutions" / "image_captioning.ipynb"
 
@@ -42,6 +45,106 @@ def test_every_sample_photo_is_captioned(metrics):
 
 def test_reloaded_captioner_writes_the_same_caption(metrics):
     assert metrics["reload_identical"] is True
+
+
+def test_caption_length_covers_the_training_captions(metrics):
+    length = metrics["caption_length"]
+    assert length["coverage"] >= 0.999
+    assert length["tokens"] <= 24  # the smoke profile's MAX_CAPTION_LEN
+
+
+def test_compiled_decoding_writes_the_loop_captions(metrics):
+    assert metrics["compiled_matches_loop"] is True
+    assert set(metrics["beam"]) == set(metrics["model"])
+
+
+def test_exported_captioner_reloads_in_a_fresh_process_with_the_notebook_captions(metrics):
+    """`python -m captioning_course.caption` loads the export with tensorflow_hub.load."""
+    assert metrics["export_identical"] is True
+    photos = sorted(p for p in (REPO / "sample_images").iterdir() if p.suffix != ".md")
+    export = REPO / "build" / "smoke" / "image_captioning" / "captioner_export"
+    done = subprocess.run([sys.executable, "-m", "captioning_course.caption", str(export),
+                           *map(str, photos)], capture_output=True, text=True, check=True)
+    printed = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert printed == {str(p): metrics["sample_captions"][p.name]["greedy"] for p in photos}
+
+
+def test_an_uninterrupted_run_starts_at_the_first_epoch(metrics):
+    assert metrics["training"]["resumed_from_epoch"] == 0
+
+
+# Training paths the CPU machine does not take by itself, run on a few slice images.
+SHORT_RUN = {"TRAIN_SPLIT": "train[:64]", "EVAL_IMAGES": 8, "EPOCHS": 2}  # 2 steps per epoch
+FIT_CELL = "history = caption_model.fit("
+TWO_CPUS = """import tensorflow as tf
+[cpu] = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+ONE_GPU_OR_MORE = """if len(tf.config.list_logical_devices("GPU")) > 1:
+    tf.distribute.experimental_set_strategy(tf.distribute.MirroredStrategy())"""
+TWO_CPU_STRATEGY = (
+    'tf.distribute.experimental_set_strategy(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))')
+
+
+@pytest.mark.slow
+def test_training_runs_on_two_devices_with_a_batch_per_device(tmp_path):
+    probe = run_lesson_cells(
+        LESSON, tmp_path, last_cell="def on_one_device(", parameters=SHORT_RUN,
+        preamble=TWO_CPUS, replace=((ONE_GPU_OR_MORE, TWO_CPU_STRATEGY),),
+        probe='{"replicas": strategy.num_replicas_in_sync, "steps": optimizer_steps, '
+              '"loss": history.history["loss"], '
+              '"trained": type(caption_model.trainable_variables[0].value).__name__, '
+              '"inference": type(step_model.trainable_variables[0].value).__name__, '
+              '"rows": len(encoder.predict_on_batch(np.zeros((3, IMG_SIZE, IMG_SIZE, 3))))}')
+    assert probe["replicas"] == 2
+    assert probe["trained"] == "MirroredVariable"
+    assert probe["steps"] == 2  # 64 images, 32 per device: one step per epoch
+    assert np.isfinite(probe["loss"]).all()
+    # Inference runs on one device: a batch of 3 gives 3 rows, not 3 per device.
+    assert (probe["inference"], probe["rows"]) != ("MirroredVariable", 6)
+    assert probe["rows"] == 3
+
+
+@pytest.mark.slow
+def test_a_training_step_in_mixed_precision_with_xla(tmp_path):
+    probe = run_lesson_cells(
+        LESSON, tmp_path, last_cell=FIT_CELL,
+        parameters={**SHORT_RUN, "EPOCHS": 1, "MIXED_PRECISION": "mixed_float16", "XLA": True},
+        probe='{"optimizer": type(caption_model.optimizer).__name__, '
+              '"gru": decoder_gru.compute_dtype, "logits": caption_model.outputs[0].dtype, '
+              '"loss": history.history["loss"], "steps": optimizer_steps}')
+    assert probe["optimizer"] == "LossScaleOptimizer"
+    assert (probe["gru"], probe["logits"]) == ("float16", "float32")
+    assert probe["steps"] == 2 and np.isfinite(probe["loss"]).all()
+
+
+INTERRUPT_AFTER_FIRST_EPOCH = """import keras
+
+
+class InterruptedBackup(keras.callbacks.BackupAndRestore):
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("stopped after the first epoch")
+
+
+keras.callbacks.BackupAndRestore = InterruptedBackup
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_resumes_with_the_optimizer_step_count(tmp_path):
+    settings = {"notebook": LESSON, "folder": tmp_path, "last_cell": FIT_CELL,
+                "parameters": {**SHORT_RUN, "EPOCHS": 3}}
+    with pytest.raises(LessonCellsFailed, match="stopped after the first epoch"):
+        run_lesson_cells(**settings, preamble=INTERRUPT_AFTER_FIRST_EPOCH, probe="None")
+    backups = list((tmp_path / "outputs" / "training_backup").iterdir())
+    assert len(backups) == 1 and any(backups[0].iterdir())
+
+    probe = run_lesson_cells(**settings, probe='{"resumed": resumed_from_epoch, '
+                                               '"epochs": history.epoch, "steps": optimizer_steps}')
+    assert probe == {"resumed": 1, "epochs": [1, 2], "steps": 6}  # 2 steps in each of 3 epochs
+    assert not backups[0].exists()  # deleted once training has finished
 
 
 @pytest.fixture(scope="module")

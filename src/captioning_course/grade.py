@@ -446,8 +446,10 @@ def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
         try:
             runner.prepare_folder(output_dir)
             runner.prepare_folder(executed_path.parent)
+            # Students share one feature cache: the CNN runs once per image, not per student.
             parameters = runner.notebook_parameters(path, profile, data_dir, output_dir,
-                                                    sample_images_dir, extra_parameters)
+                                                    sample_images_dir, extra_parameters,
+                                                    feature_cache_dir=out / "feature_cache")
         except runner.RunnerError as exc:
             row.note = f"cannot run: {str(exc).replace(str(path), row.file)}"
             row.exercises, row.grades = 0, {}

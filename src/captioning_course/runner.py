@@ -106,6 +106,7 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 def notebook_parameters(
     notebook: Path, profile: Profile, data_dir: Path, output_dir: Path,
     sample_images_dir: Path, extra_parameters: dict[str, Any] | None = None,
+    feature_cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The values papermill injects into `notebook`: the profile's, then `extra_parameters`."""
     declared = declared_parameters(notebook)
@@ -123,6 +124,8 @@ def notebook_parameters(
         raise RunnerError("-p cannot set OUTPUT_DIR; use --build-dir to choose where it goes")
     # Absolute, so that an executed or prepared copy works from any folder.
     paths = {"OUTPUT_DIR": output_dir, "SAMPLE_IMAGES_DIR": sample_images_dir}
+    if feature_cache_dir is not None:
+        paths["FEATURE_CACHE_DIR"] = feature_cache_dir
     if profile.data_slice is not None:
         paths["DATA_DIR"] = data_dir
     for name, path in paths.items():
@@ -272,8 +275,10 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
     planned = []
     for notebook in notebooks:
         output_dir = build_dir / profile.name / notebook.stem
+        # One feature cache for every profile and lesson: its key tells their features apart.
         parameters = notebook_parameters(notebook, profile, data_dir, output_dir,
-                                         sample_images_dir, extra_parameters)
+                                         sample_images_dir, extra_parameters,
+                                         feature_cache_dir=build_dir / "feature_cache")
         planned.append((notebook, output_dir, parameters))
     for _, output_dir, _ in planned:
         prepare_folder(output_dir)

@@ -1,0 +1,219 @@
+"""`make bench`: where the main lesson's time goes, measured side by side on this machine.
+
+    python -m captioning_course.bench [--build-dir build/bench]
+
+1. Training, on the smoke profile's data slice: the lesson runs once with the CNN inside
+   the model (three epochs) and once with features from a fresh on-disk cache (the
+   profile's epochs). An epoch's time is the median of the epochs after the first, which
+   also builds the graph; the extraction pass is reported on its own.
+2. Captioning, with the captioner the cached run trained, on the same held-out images: the
+   lesson's step-by-step loop (one image at a time, as `predict_caption` does, and a whole
+   batch at once), the compiled batched greedy decoder and beam search, each in a process of
+   its own, so that each peak memory is its own.
+
+Prints a table and writes BUILD_DIR/bench.json. A benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from captioning_course import profiles, runner
+
+LESSON = Path("solutions/image_captioning.ipynb")
+CNN_IN_MODEL_EPOCHS = 3
+DECODE_IMAGES = 32
+DECODE_REPEATS = 5
+BEAM_WIDTH = 3
+DECODERS = ("loop", "loop_batch", "greedy_batched", "beam")
+
+
+class PeakMemory:
+    """Samples the summed resident memory of this process's children while in use."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s, self.peak_bytes = interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            total = 0
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_lesson(build_dir: Path, parameters: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The lesson's record and the peak memory (MB) of its kernel, run under the smoke profile."""
+    shutil.rmtree(build_dir, ignore_errors=True)  # a fresh feature cache: extraction is timed
+    with PeakMemory() as memory:
+        [result] = runner.run([LESSON], profiles.SMOKE, Path("data"), build_dir,
+                              Path("sample_images"), extra_parameters=parameters)
+    if result.status != "ok":
+        raise SystemExit(f"error: the lesson failed in {build_dir}: {result.failure}")
+    return result.metrics, memory.peak_bytes / 1e6
+
+
+def steady_epoch_seconds(metrics: dict[str, Any]) -> float:
+    return statistics.median(metrics["training"]["epoch_seconds"][1:])
+
+
+def lesson_functions(names: tuple[str, ...], namespace: dict[str, Any]) -> dict[str, Any]:
+    """The lesson's own definitions of `names`, executed in `namespace`."""
+    for cell in json.loads(LESSON.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and any(
+                isinstance(node, ast.FunctionDef) and node.name in names
+                for node in ast.parse(source).body):
+            exec(compile(source, str(LESSON), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def measure_decoder(decoder: str, captioner: Path, caption_length: int) -> dict[str, float]:
+    """Captions per second of one decoder on DECODE_IMAGES held-out slice images."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from captioning_course.decoding import CaptionDecoder
+
+    encoder = keras.models.load_model(captioner / "encoder.keras")
+    step_model = keras.models.load_model(captioner / "decoder_step.keras")
+    vocabulary = json.loads((captioner / "vocabulary.json").read_text())
+    size = encoder.input_shape[1]
+    examples = tfds.load(profiles.SMOKE.overrides["*"]["DATASET"], split="test",
+                         data_dir="data").take(DECODE_IMAGES)
+    images = np.stack([tf.image.resize(example["image"], (size, size)) / 255.0
+                       for example in examples])
+    features = encoder.predict_on_batch(images)
+
+    fast = CaptionDecoder(
+        lambda words, state, image_features: step_model([words, state, image_features]),
+        lambda image_features: tf.zeros([tf.shape(image_features)[0],
+                                         step_model.outputs[1].shape[-1]]),
+        vocabulary=vocabulary, max_length=caption_length)
+    lesson = lesson_functions(("choose_next", "decode"),
+                              {"np": np, "tf": tf, "caption_length": caption_length})
+    runs = {
+        "loop": lambda: [lesson["decode"](f[None], step_model, vocabulary) for f in features],
+        "loop_batch": lambda: lesson["decode"](features, step_model, vocabulary),
+        "greedy_batched": lambda: fast.text(fast.greedy(features)),
+        "beam": lambda: fast.text(fast.beam_search(features, BEAM_WIDTH)),
+    }
+    run = runs[decoder]
+    run()  # builds the graphs
+    repeats = 1 if decoder == "loop" else DECODE_REPEATS
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return {"captions_per_s": DECODE_IMAGES / statistics.median(seconds),
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+
+
+def decoder_in_own_process(decoder: str, captioner: Path, caption_length: int
+                           ) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "captioning_course.bench", "--decoder", decoder,
+         "--captioner", str(captioner), "--caption-length", str(caption_length)],
+        capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: measuring the {decoder} decoder failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def bench(build_dir: Path) -> dict[str, Any]:
+    cnn_metrics, cnn_peak = run_lesson(
+        build_dir / "cnn_in_model", {"CACHE_FEATURES": False, "EPOCHS": CNN_IN_MODEL_EPOCHS})
+    cached_metrics, cached_peak = run_lesson(build_dir / "cached", {"CACHE_FEATURES": True})
+    output_dir = build_dir / "cached" / profiles.SMOKE.name / LESSON.stem
+    cache = cached_metrics["feature_cache"]
+    decoders = {name: decoder_in_own_process(name, output_dir / "captioner",
+                                             cached_metrics["caption_length"]["tokens"])
+                for name in DECODERS}
+    return {
+        "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(),
+                    "gpu": runner.gpu_visible()},
+        "captions_per_s": {name: result["captions_per_s"] for name, result in decoders.items()},
+        "epoch_s": {"cnn_in_model": steady_epoch_seconds(cnn_metrics),
+                    "cached": steady_epoch_seconds(cached_metrics)},
+        "extraction_s": cache["extraction_seconds"],
+        "extract_images_per_s": cache["images"] / cache["extraction_seconds"],
+        "feature_cache_mb": cache["size_mb"],
+        "peak_memory_mb": {**{name: r["peak_memory_mb"] for name, r in decoders.items()},
+                           "lesson_cnn_in_model": cnn_peak, "lesson_cached": cached_peak},
+        "lesson_seconds": {"cnn_in_model": cnn_metrics["seconds"],
+                           "cached": cached_metrics["seconds"]},
+        "decode_images": DECODE_IMAGES,
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rate, epochs, peak = (results[k] for k in ("captions_per_s", "epoch_s", "peak_memory_mb"))
+    rows = [
+        ("captions/s, step-by-step loop, one image at a time", rate["loop"], peak["loop"]),
+        ("captions/s, step-by-step loop, batch of 32", rate["loop_batch"], peak["loop_batch"]),
+        ("captions/s, compiled greedy, batch of 32", rate["greedy_batched"],
+         peak["greedy_batched"]),
+        (f"captions/s, compiled beam search (width {BEAM_WIDTH})", rate["beam"], peak["beam"]),
+        ("s per epoch, CNN inside the model", epochs["cnn_in_model"],
+         peak["lesson_cnn_in_model"]),
+        ("s per epoch, features from the disk cache", epochs["cached"], peak["lesson_cached"]),
+        ("images/s, feature extraction", results["extract_images_per_s"], None),
+    ]
+    lines = [f"{'measurement':55} {'value':>9} {'peak MB':>8}"]
+    lines += [f"{name:55} {value:9.2f} {'' if mb is None else f'{mb:8.0f}'}"
+              for name, value, mb in rows]
+    lines.append(f"compiled greedy vs loop: {rate['greedy_batched'] / rate['loop']:.0f}x; "
+                 f"cached vs CNN-in-model epochs: {epochs['cnn_in_model'] / epochs['cached']:.0f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build-dir", type=Path, default=Path("build/bench"))
+    parser.add_argument("--decoder", choices=DECODERS, help=argparse.SUPPRESS)
+    parser.add_argument("--captioner", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--caption-length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.decoder:  # one measurement, in a process of its own
+        print(json.dumps(measure_decoder(args.decoder, args.captioner, args.caption_length)))
+        return 0
+    results = bench(args.build_dir)
+    print(table(results))
+    output = args.build_dir / "bench.json"
+    output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
