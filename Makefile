@@ -12,7 +12,7 @@ GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu)
 TENSORFLOW_PIN := $(shell grep -oE '^tensorflow==[^ ;#]+' requirements.txt)
 
-.PHONY: help install lab data execute-solutions test check labs lint nbval grade clean
+.PHONY: help install lab data execute-solutions test check bench labs lint nbval grade clean
 
 help:
 	@echo "make install            create .venv with the pinned environment and register the"
@@ -21,6 +21,7 @@ help:
 	@echo "make execute-solutions  run every solution headless [PROFILE=smoke|rehearsal|full] [NOTEBOOKS=...]"
 	@echo "make test               run the test suite (executes every solution: smoke and rehearsal)"
 	@echo "make check              lint, generated copies up to date, every test that executes no notebook"
+	@echo "make bench              measure decoding, training and feature extraction speeds; build/bench/bench.json"
 	@echo "make grade SUBMISSIONS=dir  grade every student notebook under dir [PROFILE=...]; table in build/grades/"
 	@echo "make data               generate the offline data slice in data/"
 	@echo "make labs               regenerate solutions/ and labs/ from notebooks/"
@@ -64,6 +65,10 @@ test: $(INSTALLED)
 check: $(INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
+
+# Where the main lesson's time goes, on this machine: a few minutes, not a test.
+bench: $(INSTALLED)
+	$(PY) -m captioning_course.bench
 
 labs: $(INSTALLED)
 	$(PY) -m captioning_course.labs

@@ -69,6 +69,18 @@ def test_exported_captioner_reloads_in_a_fresh_process_with_the_notebook_caption
     assert printed == {str(p): metrics["sample_captions"][p.name]["greedy"] for p in photos}
 
 
+def test_the_caption_command_names_an_unreadable_photo_and_captions_the_others(metrics, tmp_path):
+    export = REPO / "build" / "smoke" / "image_captioning" / "captioner_export"
+    photo = REPO / "sample_images" / "coffee.jpg"
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    done = subprocess.run([sys.executable, "-m", "captioning_course.caption", str(export),
+                           str(tmp_path / "notes.jpg"), str(photo)], capture_output=True, text=True)
+    assert done.returncode == 1
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert "notes.jpg" in error
+    assert done.stdout == f"{photo}: {metrics['sample_captions']['coffee.jpg']['greedy']}\n"
+
+
 def test_an_uninterrupted_run_starts_at_the_first_epoch(metrics):
     assert metrics["training"]["resumed_from_epoch"] == 0
 

@@ -1,6 +1,6 @@
 """An on-disk cache of a frozen CNN encoder's features, computed once and shared by the lessons.
 
-COCO's 118k training images give 64 regions x 1536 channels each: 23 GB in float16, far more
+COCO's 82,783 training images give 64 regions x 1536 channels each: 16 GB in float16, more
 than memory. So the features of a split are computed once, written to disk in float16 as
 TFRecord shards next to the other fields of each example (captions, boxes...), and streamed
 by tf.data while a lesson trains its decoder.
