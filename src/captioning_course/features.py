@@ -98,7 +98,8 @@ def cached_features(
     `examples` is a dataset of dicts of tensors: "image" (float32 height x width x 3, already
     prepared for the encoder) and any other fields (captions, boxes, labels, scalars...), which
     are stored unchanged next to the features. `encode` maps a batch of images to an array of
-    shape (batch, ...), e.g. a Keras model's `predict_on_batch`. `key` is a JSON-serialisable
+    shape (batch, ...), e.g. `tf.function(model)` (a model's `predict_on_batch` would, under a
+    distribution strategy, run the batch on every replica). `key` is a JSON-serialisable
     dict of everything that changes the features; `total`, the number of examples if known,
     sets the progress bar's length and is checked against the examples written.
 
