@@ -133,6 +133,47 @@ def test_the_main_lesson_gives_every_exercise_a_self_check():
         assert f"check.{exercise.check}(" in solution_text
 
 
+TWO_IN_ONE_CELL = [
+    ('OUTPUT_DIR = "outputs"', ["parameters"]),
+    ("def layer(x):\n"
+     "    ### BEGIN SOLUTION Exercise 1: the score\n"
+     "    score = 2 * x\n"
+     "    ### END SOLUTION\n"
+     "    ### BEGIN SOLUTION Exercise 2: the context\n"
+     "    context = score + 1\n"
+     "    ### END SOLUTION\n"
+     "    return context", []),
+    ("check.layer(layer)", []),
+]
+
+
+def executed_check_cell(printed: str, error: tuple[str, str] | None) -> nbformat.NotebookNode:
+    outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)] if printed else []
+    if error:
+        outputs.append(nbformat.v4.new_output("error", ename=error[0], evalue=error[1],
+                                              traceback=[]))
+    return nbformat.v4.new_code_cell("check.layer(layer)", outputs=outputs, execution_count=3)
+
+
+@pytest.mark.parametrize("printed, error, grades", [
+    ("PASS Exercise 1 (score): ok\nPASS Exercise 2 (context): ok\n", None,
+     {1: "pass", 2: "pass"}),
+    ("PASS Exercise 1 (score): ok\n", ("SelfCheckFailed", "Exercise 2 (context): not summed"),
+     {1: "pass", 2: "fail: not summed"}),
+    ("", ("SelfCheckFailed", "Exercise 1 (score): no tanh"),
+     {1: "fail: no tanh", 2: "not reached: Exercise 1 failed first"}),
+])
+def test_exercises_in_one_cell_share_its_self_check_and_get_their_own_grades(
+        tmp_path, printed, error, grades):
+    nbformat.write(notebook(TWO_IN_ONE_CELL), tmp_path / "two.ipynb")
+    lesson = grade.load_lesson(tmp_path / "two.ipynb")
+    assert [(e.number, e.check, e.occurrence) for e in lesson.exercises] == [
+        (1, "layer", 0), (2, "layer", 0)]
+    executed = notebook(TWO_IN_ONE_CELL)
+    executed.cells[2] = executed_check_cell(printed, error)
+    assert grade.grade_executed(lesson, executed, "ok", "", {("layer", 0): 2}) == grades
+
+
 def test_an_exercise_without_a_self_check_is_refused(tmp_path):
     cells = [c for c in TINY if not c[0].startswith("check.answer")]
     nbformat.write(notebook(cells), tmp_path / "tiny.ipynb")

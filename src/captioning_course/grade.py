@@ -183,10 +183,12 @@ def load_lesson(path: Path) -> Lesson:
     code = _code_cells(lab)
     exercises = []
     numbers = sorted(cells)
-    for position, number in enumerate(numbers):
+    for number in numbers:
         # Its self-check is the first cell calling a check from its last block's cell on,
-        # before the next exercise begins.
-        end = min(cells[numbers[position + 1]]) if position + 1 < len(numbers) else len(lab.cells)
+        # before a later exercise's cell. Exercises in one cell (two parts of one layer)
+        # share the self-check that follows it.
+        later = [i for n in numbers if n > number for i in cells[n] if i > max(cells[number])]
+        end = min(later, default=len(lab.cells))
         calls = [check_calls(src) for index, src in code if max(cells[number]) <= index < end]
         name = next((found[0] for found in calls if found), None)
         if name is None:
@@ -337,7 +339,9 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
     stopped = "timeout" if status == "timeout" else f"not reached: {ename}"
     grades = {}
     for exercise in lesson.exercises:
-        index = located.get((exercise.check, exercise.occurrence))
+        place = (exercise.check, exercise.occurrence)
+        shared = sum((e.check, e.occurrence) == place for e in lesson.exercises) > 1
+        index = located.get(place)
         if index is None:
             grades[exercise.number] = "missing"
             continue
@@ -348,6 +352,8 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
         errors = _errors(cell)
         if errors and _unanswered(exercise.number, ran[:index + 1]):
             grades[exercise.number] = "not reached: NotImplementedError"
+        elif shared:  # the check judges its exercises in turn and names each
+            grades[exercise.number] = _shared_grade(exercise.number, cell, errors)
         elif errors and errors[0].get("ename") == "SelfCheckFailed":
             problem = CHECK_PREFIX.sub("", _first_line(errors[0].get("evalue", "")))
             grades[exercise.number] = f"fail: {problem}"
@@ -358,6 +364,22 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
         else:
             grades[exercise.number] = "fail: the self-check cell printed no PASS line"
     return grades
+
+
+def _shared_grade(number: int, cell: Any, errors: list[dict]) -> str:
+    """The grade of exercise `number` from a self-check cell that checks several in turn."""
+    if any(line.startswith(f"PASS Exercise {number} ") for line in _printed(cell).splitlines()):
+        return "pass"
+    if errors and errors[0].get("ename") == "SelfCheckFailed":
+        line = _first_line(errors[0].get("evalue", ""))
+        if line.startswith(f"Exercise {number} ") or line.startswith(f"Exercise {number}:"):
+            return f"fail: {CHECK_PREFIX.sub('', line)}"
+        earlier = re.match(r"Exercise (\d+)", line)
+        return f"not reached: Exercise {earlier.group(1)} failed first" if earlier else \
+            f"fail: {line}"
+    if errors:
+        return f"not reached: {errors[0].get('ename', 'error')}"
+    return f"fail: the self-check cell printed no PASS line for Exercise {number}"
 
 
 def _running_cell(executed: nbformat.NotebookNode | None) -> str:
