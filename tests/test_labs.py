@@ -117,7 +117,8 @@ def test_lab_runs_until_its_first_exercise_and_stops_there(source, tmp_path):
                           REPO / "sample_images")
     first = labs.exercises(nbformat.read(source, as_version=4))[0]
     assert result.status == "failed"
-    assert f"NotImplementedError: {first.title}" in result.failure
+    # Keras rewraps an error raised inside a layer's call: the type and the title stay.
+    assert "NotImplementedError" in result.failure and first.title in result.failure
     executed = nbformat.read(result.executed, as_version=4)
     errors = [c for c in executed.cells if c.cell_type == "code"
               and any(o.output_type == "error" for o in c.get("outputs", []))]

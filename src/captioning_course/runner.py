@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,14 @@ def prepare_folder(folder: Path) -> None:
     except OSError as exc:
         raise RunnerError(f"cannot write in folder {folder}: "
                           f"{exc.strerror or exc}") from None
+
+
+def clear_folder(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
@@ -287,8 +296,9 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
 
     results = []
     for number, (notebook, output_dir, parameters) in enumerate(planned, start=1):
-        # A metrics file from an earlier run must never pass for this run's.
-        (output_dir / record.METRICS_FILE).unlink(missing_ok=True)
+        # Nothing of an earlier run may pass for this run's: not its metrics file, and not
+        # the checkpoints a lesson would resume from instead of training the code as it is.
+        clear_folder(output_dir)
         executed = output_dir / notebook.name
         print(f"[{number}/{len(planned)}] {notebook} -> {executed} ({profile.name})", flush=True)
         start = time.monotonic()
