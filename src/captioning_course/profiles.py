@@ -53,6 +53,16 @@ SMOKE = Profile(
             "EPOCHS": 60,
             "CACHE_FEATURES": True,
         },
+        "image_captioning_custom_loop": {
+            "EVAL_IMAGES": 100,
+            "ENCODER_WEIGHTS": None,
+            "IMG_SIZE": 150,  # a 3x3 feature grid with InceptionV3, matching the slice's layout
+            "VOCAB_SIZE": 200,
+            "MAX_CAPTION_LEN": 24,
+            "EMBEDDING_DIM": 128,
+            "UNITS": 256,
+            "EPOCHS": 20,
+        },
     },
 )
 
@@ -67,6 +77,11 @@ REHEARSAL = Profile(
             "TRAIN_SPLIT": "train[:64]",
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("InceptionResNetV2"),
+        },
+        "image_captioning_custom_loop": {
+            "TRAIN_SPLIT": "train[:64]",  # 320 image/caption pairs
+            "EVAL_IMAGES": 32,
+            "ENCODER_WEIGHTS": RandomWeights("InceptionV3"),
         },
     },
 )
