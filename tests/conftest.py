@@ -52,6 +52,29 @@ def rehearsal_run() -> dict[str, runner.Result]:
     return run_every_solution(profiles.REHEARSAL)
 
 
+def recorded_metrics(run: dict[str, runner.Result], lesson: str) -> dict:
+    """What `lesson` recorded in a run of every solution, once it ran to its end."""
+    result = run[lesson]
+    assert result.status == "ok", result.failure
+    return result.metrics
+
+
+def assert_beats_the_image_blind_baseline(metrics: dict) -> None:
+    """The course's bar for a captioner on the smoke data: 3 times the baseline's CIDEr and
+    a higher BLEU-4."""
+    model, baseline = metrics["model"], metrics["baseline"]
+    assert model["CIDEr"] >= 3 * baseline["CIDEr"], (model, baseline)
+    assert model["BLEU-4"] > baseline["BLEU-4"], (model, baseline)
+
+
+def assert_every_sample_photo_captioned(metrics: dict) -> None:
+    """One greedy and three sampled captions for each photo of sample_images/."""
+    photos = {p.name for p in (REPO / "sample_images").iterdir() if p.suffix != ".md"}
+    assert set(metrics["sample_captions"]) == photos
+    for captions in metrics["sample_captions"].values():
+        assert captions["greedy"] and len(captions["sampled"]) == 3
+
+
 def one_line_error(capsys) -> str:
     """What a command-line tool printed on stderr, asserted to be one `error: ...` line."""
     captured = capsys.readouterr()
