@@ -100,23 +100,16 @@ def code_cells(notebook: Path) -> list:
 def notebook_definitions(notebook: Path, *names: str) -> dict:
     """Run a notebook's setup and parameters cells and the cells defining `names`.
 
-    Lessons keep model code in the notebook, so tests take functions from there rather than
-    from a copy that could drift. Returns the namespace.
+    Returns the namespace.
     """
-    import ast
+    from captioning_course.labs import run_definitions
 
     cells = code_cells(notebook)
-
-    def defines(source: str) -> bool:
-        return any(isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in names
-                   for node in ast.parse(source).body)
-
     namespace: dict = {}
     [parameters] = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
-    chosen = [c.source for c in cells[:parameters + 1]]  # setup and parameters
-    chosen += [c.source for c in cells[parameters + 1:] if defines(c.source)]
-    for source in chosen:
-        exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102
+    for cell in cells[:parameters + 1]:  # setup and parameters
+        exec(compile(cell.source, str(notebook), "exec"), namespace)  # noqa: S102
+    run_definitions(notebook, names, namespace)
     missing = [name for name in names if name not in namespace]
     assert not missing, f"{notebook.name} defines no {missing}"
     return namespace

@@ -17,7 +17,6 @@ Prints a table and writes BUILD_DIR/bench.json. A benchmark, not a test: it asse
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import platform
 import resource
@@ -33,6 +32,7 @@ from typing import Any
 import psutil
 
 from captioning_course import profiles, runner
+from captioning_course.labs import run_definitions
 
 LESSON = Path("solutions/image_captioning.ipynb")
 CNN_IN_MODEL_EPOCHS = 3
@@ -84,17 +84,6 @@ def steady_epoch_seconds(metrics: dict[str, Any]) -> float:
     return statistics.median(metrics["training"]["epoch_seconds"][1:])
 
 
-def lesson_functions(names: tuple[str, ...], namespace: dict[str, Any]) -> dict[str, Any]:
-    """The lesson's own definitions of `names`, executed in `namespace`."""
-    for cell in json.loads(LESSON.read_text())["cells"]:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and any(
-                isinstance(node, ast.FunctionDef) and node.name in names
-                for node in ast.parse(source).body):
-            exec(compile(source, str(LESSON), "exec"), namespace)  # noqa: S102
-    return namespace
-
-
 def measure_decoder(decoder: str, captioner: Path, caption_length: int) -> dict[str, float]:
     """Captions per second of one decoder on DECODE_IMAGES held-out slice images."""
     import keras
@@ -119,8 +108,8 @@ def measure_decoder(decoder: str, captioner: Path, caption_length: int) -> dict[
         lambda image_features: tf.zeros([tf.shape(image_features)[0],
                                          step_model.outputs[1].shape[-1]]),
         vocabulary=vocabulary, max_length=caption_length)
-    lesson = lesson_functions(("choose_next", "decode"),
-                              {"np": np, "tf": tf, "caption_length": caption_length})
+    lesson = run_definitions(LESSON, ("choose_next", "decode"),
+                             {"np": np, "tf": tf, "caption_length": caption_length})
     runs = {
         "loop": lambda: [lesson["decode"](f[None], step_model, vocabulary) for f in features],
         "loop_batch": lambda: lesson["decode"](features, step_model, vocabulary),

@@ -145,6 +145,20 @@ def solution_and_lab(nb: nbformat.NotebookNode, where: str = "notebook"
     return solution, lab, found
 
 
+def run_definitions(notebook: Path, names: tuple[str, ...], namespace: dict) -> dict:
+    """Execute in `namespace` the code cells of `notebook` that define a function or class
+    named in `names`, and return it: lessons keep their code in the notebook, so tests and
+    benchmarks take it from there rather than from a copy that could drift."""
+    import ast
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type == "code" and any(
+                isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in names
+                for node in ast.parse(cell.source).body):
+            exec(compile(cell.source, str(notebook), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 def dumps(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
