@@ -63,12 +63,13 @@ def test_checks_use_public_keras_apis_only():
     assert not re.findall(r"\._(?!_)\w+", source)
 
 
-def test_every_check_passes_in_the_executed_solution(smoke_run):
+@pytest.mark.parametrize("lesson", [p.stem for p in sorted((REPO / "notebooks").glob("*.ipynb"))])
+def test_every_check_passes_in_the_executed_solution(smoke_run, lesson):
     import nbformat
 
-    printed = printed_text(smoke_run["image_captioning"].executed)
+    printed = printed_text(smoke_run[lesson].executed)
     numbers = {ex.number for ex in labs.exercises(
-        nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4))}
+        nbformat.read(REPO / "notebooks" / f"{lesson}.ipynb", as_version=4))}
     passed = {int(n) for n in re.findall(r"^PASS Exercise (\d+)", printed, flags=re.M)}
     assert passed == numbers
 

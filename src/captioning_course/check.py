@@ -1019,3 +1019,716 @@ def teacher_forcing(fn: Callable) -> None:
         _fail(exercise, f"{in_graph}; there it gives other logits")
     _pass(exercise, "each step fed the true previous word and the carried state; logits "
                     "stacked to (batch, length - 1, vocab)")
+
+
+# Lesson 3, Transformer captioning: Exercises 1 to 6 ---------------------------------------------
+
+SELF_ATTENTION_EXERCISE = "Exercise 1 (CausalSelfAttention)"
+CROSS_ATTENTION_EXERCISE = "Exercise 2 (CrossAttention)"
+DECODER_LAYER_EXERCISE = "Exercise 3 (DecoderLayer)"
+BIAS_EXERCISE = "Exercise 4 (log_frequency_bias)"
+CAPTION_LOSS_EXERCISE = "Exercise 5 (masked_loss)"
+CAPTION_ACC_EXERCISE = "Exercise 6 (masked_acc)"
+
+ATTENTION_SETTINGS = {"num_heads": 2, "key_dim": 4, "dropout": 0.0}
+# Two batches (the first the checked one, the second for a call before it) of 3 captions of 5
+# words of 8 values, and their images' 9 regions of 6 values. Words and regions differ in
+# number and width, so a swap shows; there are 3 captions, not 2 (the heads), so that a lone
+# tensor unpacked into (attention, scores) fails instead of splitting the batch in two.
+WORDS = np.random.default_rng(51).normal(0, 1, (2, 3, 5, 8)).astype("float32")
+REGIONS = np.random.default_rng(52).uniform(0, 2, (2, 3, 9, 6)).astype("float32")
+EARLIER_WORDS = 3  # the words whose output the causal check keeps while the later ones change
+
+# The sum and the layer norm around an attention; a variant "name:detail" gets "name"'s message.
+RESIDUAL_MISTAKES = {
+    "no_residual": "the residual is missing: add the input to the attention before the layer "
+                   "norm, self.layernorm(self.add([x, attention]))",
+    "no_norm": "the layer norm is missing: return the normalised sum, "
+               "self.layernorm(self.add([x, attention])), not the sum alone",
+    "norm_before_add": "the layer norm is applied to the attention before the residual sum: "
+                       "normalise the sum, self.layernorm(self.add([x, attention]))",
+    "pre_norm": "the layer norm comes first (pre-norm): this lesson attends with x itself and "
+                "normalises the sum afterwards, self.layernorm(self.add([x, attention]))",
+    "attention_only": "the layer returns the attention alone: add the input and normalise, "
+                      "self.layernorm(self.add([x, attention]))",
+}
+IN_A_TF_FUNCTION = "fails inside a tf.function as in training: use keras.ops, not NumPy; it raised "
+
+
+def _as_float32(array) -> tf.Tensor:
+    return tf.constant(np.asarray(array, dtype="float64").astype("float32"))
+
+
+def _forward(layer, *inputs, graph: bool = False):
+    """The layer called on these inputs as the model calls it, eagerly or in a tf.function."""
+    def forward(*tensors):
+        return layer(*tensors, training=False)
+
+    return (tf.function(forward) if graph else forward)(*(_as_float32(x) for x in inputs))
+
+
+def _layer_output(exercise: str, result, hint: str) -> np.ndarray:
+    """The layer's output as a float64 array, or a failure naming what it returned instead."""
+    if result is None:
+        _fail(exercise, f"the layer returns None: return {hint}")
+    if isinstance(result, tuple | list | dict):
+        _fail(exercise, f"the layer returns a {type(result).__name__} of {len(result)} items: "
+                        f"return one tensor, {hint}")
+    arrays = _arrays([result])
+    if arrays is None:
+        _fail(exercise, f"the layer returns a {type(result).__name__}: return {hint}")
+    return arrays[0]
+
+
+def _new_layer(exercise: str, layer_cls, sublayers: tuple[str, ...], **settings):
+    name = getattr(layer_cls, "__name__", "the layer class")
+    arguments = ", ".join(f"{key}={value}" for key, value in settings.items())
+    layer = _run(exercise, f"{name}({arguments})", layer_cls, **settings)
+    missing = [sublayer for sublayer in sublayers if not hasattr(layer, sublayer)]
+    if missing:
+        _fail(exercise, f"the layer has no {', '.join(missing)}: keep the __init__ the lesson "
+                        "gives and write only the marked lines")
+    return layer
+
+
+def _residual_variants(x: np.ndarray, attention: np.ndarray, prenormed_attention: np.ndarray,
+                       layernorm: Callable) -> dict[str, np.ndarray]:
+    """What a layer gives with each typical mistake around its attention and layer norm."""
+    return {
+        "no_residual": layernorm(attention),
+        "no_norm": x + attention,
+        "norm_before_add": x + layernorm(attention),
+        "pre_norm:sum": x + prenormed_attention,
+        "pre_norm:normed_sum": layernorm(x) + prenormed_attention,
+        "attention_only": attention,
+    }
+
+
+def _same_as(output: np.ndarray, variants: dict[str, np.ndarray]) -> str | None:
+    """The name (before any ":") of the first variant `output` equals, if any."""
+    return next((name.partition(":")[0] for name, variant in variants.items()
+                 if _close(output, variant)), None)
+
+
+def _in_a_graph(exercise: str, layer, inputs: tuple, expected: np.ndarray) -> None:
+    """The layer gives `expected` inside a tf.function too, as when Keras trains it."""
+    try:
+        output = _forward(layer, *inputs, graph=True)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        _fail(exercise, f"the output is right, but the layer {IN_A_TF_FUNCTION}"
+                        f"{_one_line(error, 100)}", error)
+    output = (_arrays([output]) if not isinstance(output, tuple | list) else None) or [None]
+    if output[0] is None or not _close(output[0], expected):
+        _fail(exercise, "the output is right when called eagerly, but not inside a tf.function "
+                        "as in training: use keras.ops on the tensors, not NumPy or Python "
+                        "values")
+
+
+# Exercise 1: causal self-attention
+
+def _self_attention_references(layer, x: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The right output (key "correct") and each mistake's, from the layer's own mha and
+    layernorm; None if they cannot compute it."""
+    try:
+        def layernorm(a):
+            return np.asarray(layer.layernorm(_as_float32(a), training=False), dtype="float64")
+
+        def attend(q):
+            q = _as_float32(q)
+            return np.asarray(layer.mha(query=q, value=q, use_causal_mask=True, training=False),
+                              dtype="float64")
+
+        attention = attend(x)
+        return {"correct": layernorm(x + attention),
+                **_residual_variants(x, attention, attend(layernorm(x)), layernorm)}
+    except Exception:  # noqa: BLE001 (the layers do not fit this computation)
+        return None
+
+
+def causal_self_attention(layer_cls) -> None:
+    """CausalSelfAttention.call: layernorm(x + mha(query=x, value=x, use_causal_mask=True)).
+
+    The reference is computed from the layer's own mha and layernorm, so any formulation
+    passes (positional arguments, an explicit lower-triangular attention_mask, x + attention).
+    Causality is seen directly: changing the later words must leave the earlier outputs."""
+    exercise = SELF_ATTENTION_EXERCISE
+    x, other_x = WORDS[0], WORDS[1]
+    hint = "self.layernorm(self.add([x, attention]))"
+    layer = _new_layer(exercise, layer_cls, ("mha", "layernorm"), **ATTENTION_SETTINGS)
+    _run(exercise, "the layer", _forward, layer, other_x)  # builds the sublayers it uses
+    if _self_attention_references(layer, x) is None:  # and builds those it skips
+        _fail(exercise, "the layer's own self.mha and self.layernorm cannot compute "
+                        "layernorm(x + mha(query=x, value=x)) on words of 8 values: keep the "
+                        "__init__ the lesson gives")
+    _fixed_weights(layer, seed=51)
+    output = _layer_output(exercise, _run(exercise, "the layer", _forward, layer, x), hint)
+    if output.shape != x.shape:
+        _fail(exercise, f"the layer returns shape {output.shape}; expected (batch, words, "
+                        f"features) = {x.shape}, the shape of its input")
+    references = _self_attention_references(layer, x)
+    if not _close(output, references.pop("correct")):
+        changed = x.copy()
+        changed[:, EARLIER_WORDS:] = other_x[:, EARLIER_WORDS:]
+        later_changed = _layer_output(exercise, _run(exercise, "the layer", _forward, layer,
+                                                     changed), hint)
+        if not _close(later_changed[:, :EARLIER_WORDS], output[:, :EARLIER_WORDS]):
+            _fail(exercise, "later words leak into earlier positions: pass use_causal_mask=True "
+                            "so that each word attends only to itself and the words before it")
+        mistake = _same_as(output, references)
+        if mistake:
+            _fail(exercise, RESIDUAL_MISTAKES[mistake])
+        _fail(exercise, "the output is not self.layernorm(x + self.mha(query=x, value=x, "
+                        "use_causal_mask=True)) computed with the layer's own mha and layernorm")
+    _in_a_graph(exercise, layer, (x,), output)
+    _pass(exercise, "layernorm(x + causal self-attention); no word sees a later one")
+
+
+# Exercise 2: cross-attention to the image
+
+CROSS_SWAPPED = ("query and value are swapped: the output has one row per region instead of "
+                 "one per word; the words ask, self.mha(query=x, value=context, ...)")
+
+
+def _regions_ask(scores) -> bool:
+    """Whether these attention scores have one row per region, one column per word."""
+    words, regions = WORDS.shape[2], REGIONS.shape[2]
+    return np.ndim(scores) == 4 and tuple(np.shape(scores)[-2:]) == (regions, words)
+
+
+def _kept_scores(exercise: str, layer, attribute: str = "last_attention_scores"):
+    """The layer's kept attention scores as an array, or None when it keeps none."""
+    scores = getattr(layer, attribute, None)
+    if scores is None:
+        return None
+    if isinstance(scores, tuple | list):
+        arrays = None
+    else:
+        try:
+            arrays = _arrays([scores])
+        except Exception:  # noqa: BLE001 (a symbolic tensor, kept from Keras's tracing call)
+            _fail(exercise, f"{attribute} are stale, an earlier call's (a tensor from the "
+                            f"call Keras traces to build the layer): set self.{attribute} in "
+                            "call, on every call")
+    if arrays is None:
+        _fail(exercise, f"{attribute} is a {type(scores).__name__}: keep the scores tensor the "
+                        "attention returns with return_attention_scores=True")
+    return arrays[0]
+
+
+def _cross_output(exercise: str, layer, x: np.ndarray, context: np.ndarray) -> np.ndarray:
+    hint = "self.layernorm(self.add([x, attention]))"
+    try:
+        result = _forward(layer, x, context)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        if isinstance(error, ValueError | TypeError) and re.search(r"unpack|iterat", str(error)):
+            _fail(exercise, "self.mha(...) returns the attention alone unless asked for the "
+                            "scores too: pass return_attention_scores=True to get (attention, "
+                            "scores)", error)
+        kept = getattr(layer, "last_attention_scores", None)
+        scores = _locals_where_raised(error, type(layer).call).get("scores", kept)
+        if _regions_ask(scores) or _regions_ask(kept):
+            _fail(exercise, CROSS_SWAPPED, error)
+        _fail(exercise, f"the layer raised {_one_line(error)}", error)
+    return _layer_output(exercise, result, hint)
+
+
+def _cross_shapes(exercise: str, layer, output: np.ndarray, x: np.ndarray) -> None:
+    """The output's and the kept scores' shapes show a swap of words and regions."""
+    if output.ndim == 3 and output.shape[1] == REGIONS.shape[2]:
+        _fail(exercise, CROSS_SWAPPED)
+    if output.shape != x.shape:
+        _fail(exercise, f"the layer returns shape {output.shape}; expected (batch, words, "
+                        f"features) = {x.shape}, the shape of the text x")
+    scores = _kept_scores(exercise, layer)
+    if scores is not None and scores.ndim == 4 and scores.shape[-1] == x.shape[1]:
+        _fail(exercise, "the scores have one column per word, so the words attend to each "
+                        "other: the value is the image, self.mha(query=x, value=context, ...)")
+
+
+def _cross_attention_references(layer, x: np.ndarray,
+                                context: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The right output ("correct") and scores ("scores"), and each mistake's output, from
+    the layer's own mha and layernorm; None if they cannot compute it."""
+    try:
+        def layernorm(a):
+            return np.asarray(layer.layernorm(_as_float32(a), training=False), dtype="float64")
+
+        def attend(q, **options):
+            return layer.mha(query=_as_float32(q), value=_as_float32(context),
+                             return_attention_scores=True, training=False, **options)
+
+        attention, scores = (np.asarray(a, dtype="float64") for a in attend(x))
+        prenormed = np.asarray(attend(layernorm(x))[0], dtype="float64")
+        causal = np.asarray(attend(x, use_causal_mask=True)[0], dtype="float64")
+        return {"correct": layernorm(x + attention), "scores": scores,
+                "causal": layernorm(x + causal),
+                **_residual_variants(x, attention, prenormed, layernorm)}
+    except Exception:  # noqa: BLE001 (the layers do not fit this computation)
+        return None
+
+
+def cross_attention(layer_cls) -> None:
+    """CrossAttention.call: layernorm(x + mha(query=x, value=context)), keeping the scores of
+    the last call in `last_attention_scores`, shape (batch, heads, words, regions).
+
+    The reference is computed from the layer's own mha and layernorm, so any formulation
+    passes (positional arguments, key=context, x + attention). The layer is called on an
+    earlier batch first, so scores kept from an earlier call show."""
+    exercise = CROSS_ATTENTION_EXERCISE
+    (x, other_x), (context, other_context) = WORDS, REGIONS
+    batch, words, _ = x.shape
+    regions = context.shape[1]
+    heads = ATTENTION_SETTINGS["num_heads"]
+    layer = _new_layer(exercise, layer_cls, ("mha", "layernorm"), **ATTENTION_SETTINGS)
+    built = _cross_output(exercise, layer, other_x, other_context)  # builds what it uses
+    _cross_shapes(exercise, layer, built, other_x)
+    if _cross_attention_references(layer, x, context) is None:  # and builds those it skips
+        _fail(exercise, "the layer's own self.mha and self.layernorm cannot compute "
+                        "layernorm(x + mha(query=x, value=context)) for words of 8 values and "
+                        "regions of 6: the words are the query, the image regions the value")
+    _fixed_weights(layer, seed=52)
+    _cross_output(exercise, layer, other_x, other_context)
+    earlier_scores = _kept_scores(exercise, layer)
+    output = _cross_output(exercise, layer, x, context)
+    scores = _kept_scores(exercise, layer)
+    _cross_shapes(exercise, layer, output, x)
+    references = _cross_attention_references(layer, x, context)
+    if not _close(output, references.pop("correct")):
+        if _close(output, references["causal"]):
+            _fail(exercise, "a causal mask is used: cross-attention lets every word look at "
+                            "every region; leave out use_causal_mask")
+        mistake = _same_as(output, references)
+        if mistake:
+            _fail(exercise, RESIDUAL_MISTAKES[mistake])
+        _fail(exercise, "the output is not self.layernorm(x + attention) with attention = "
+                        "self.mha(query=x, value=context), from the layer's own mha and "
+                        "layernorm")
+    if scores is None:
+        _fail(exercise, "the scores are not kept: self.last_attention_scores is missing or None; "
+                        "get them with return_attention_scores=True and set "
+                        "self.last_attention_scores = scores")
+    wanted = (batch, heads, words, regions)
+    if scores.shape != wanted:
+        _fail(exercise, f"last_attention_scores has shape {scores.shape}; expected (batch, "
+                        f"heads, words, regions) = {wanted}: keep the scores self.mha returns "
+                        "with return_attention_scores=True")
+    if not _close(scores, references["scores"]):
+        if (scores == 0).any():
+            _fail(exercise, "some attention scores are 0, as with a causal mask: cross-attention "
+                            "lets every word look at every region; leave out use_causal_mask")
+        if earlier_scores is not None and _close(scores, earlier_scores):
+            _fail(exercise, "last_attention_scores are stale, an earlier call's: set "
+                            "self.last_attention_scores = scores in call, on every call")
+        _fail(exercise, "last_attention_scores are not the scores of this call's "
+                        "self.mha(query=x, value=context, return_attention_scores=True)")
+    _in_a_graph(exercise, layer, (x, context), output)
+    _pass(exercise, "layernorm(x + attention over the image regions); last scores kept")
+
+
+# Exercise 3: the decoder layer
+
+DECODER_LAYER_SETTINGS = {"units": 8, "num_heads": 2, "dropout_rate": 0.0}
+DECODER_LAYER_MISTAKES = {
+    "cross_first": "the cross-attention runs before the self-attention: first the words look "
+                   "at the earlier words, then at the image, then the feed-forward",
+    "no_self_attention": "the self-attention's output is not used: the cross-attention takes "
+                         "text = self.self_attention(text), not the original text",
+    "no_cross_attention": "the cross-attention's output is not used: the feed-forward takes "
+                          "self.cross_attention(text, image)'s output",
+    "no_feed_forward": "the feed-forward is skipped: return self.feed_forward(text), the text "
+                       "after both attentions",
+    "original_text": "each sublayer is fed the original text: feed each one the previous "
+                     "one's output, text = self.self_attention(text), and so on",
+}
+DECODER_SUBLAYERS = ("self_attention", "cross_attention", "feed_forward")
+
+
+def _decoder_layer_output(exercise: str, layer, text: np.ndarray,
+                          image: np.ndarray) -> np.ndarray:
+    hint = "self.feed_forward(text)"
+    try:
+        result = _forward(layer, text, image)  # positionally, as the Captioner calls it
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        if _regions_ask(getattr(layer.cross_attention, "last_attention_scores", None)):
+            _fail(exercise, "the image and the text are swapped in the cross-attention: call "
+                            "self.cross_attention(text, image), the words ask, the image answers",
+                  error)
+        if isinstance(error, AttributeError) and "last_attention_scores" in str(error):
+            _fail(exercise, "self.cross_attention.last_attention_scores does not exist yet: the "
+                            "cross-attention is skipped or runs after it is read; call "
+                            "self.cross_attention(text, image) before reading its scores", error)
+        _fail(exercise, f"the layer raised {_one_line(error)}", error)
+    return _layer_output(exercise, result, hint)
+
+
+def _decoder_layer_references(layer, text: np.ndarray,
+                              image: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The right output ("correct") and scores ("scores"), and each mistake's output, from
+    the layer's own sublayers (the lesson's classes); None if they cannot compute it."""
+    def self_attention(t):
+        return layer.self_attention(t, training=False)
+
+    def cross(t):
+        return layer.cross_attention(t, _as_float32(image), training=False)
+
+    def feed_forward(t):
+        return layer.feed_forward(t, training=False)
+
+    try:
+        t = _as_float32(text)
+        outputs = {
+            "cross_first": feed_forward(self_attention(cross(t))),
+            "no_self_attention": feed_forward(cross(t)),
+            "no_cross_attention": feed_forward(self_attention(t)),
+            "no_feed_forward": cross(self_attention(t)),
+            "original_text": feed_forward(t),
+            "correct": feed_forward(cross(self_attention(t))),  # last: its scores stay kept
+            "scores": layer.cross_attention.last_attention_scores,
+        }
+        return {name: np.asarray(value, dtype="float64") for name, value in outputs.items()}
+    except Exception:  # noqa: BLE001 (the layers do not fit this computation)
+        return None
+
+
+def decoder_layer(layer_cls) -> None:
+    """DecoderLayer.call: feed_forward(cross_attention(self_attention(text), image)), keeping
+    the cross-attention's scores in `last_attention_scores`.
+
+    The reference is computed from the layer's own sublayers, the lesson's classes; each
+    mistake is one of them called in another order, or left out."""
+    exercise = DECODER_LAYER_EXERCISE
+    (text, other_text), (image, other_image) = WORDS, REGIONS
+    words = text.shape[1]
+    layer = _new_layer(exercise, layer_cls, DECODER_SUBLAYERS, **DECODER_LAYER_SETTINGS)
+    built = _decoder_layer_output(exercise, layer, other_text, other_image)  # builds what it uses
+    if built.shape != other_text.shape:
+        _fail(exercise, f"the layer returns shape {built.shape}; expected (batch, words, "
+                        f"units) = {other_text.shape}, the shape of the text")
+    scores = _kept_scores(exercise, layer.cross_attention)
+    if scores is not None and scores.ndim == 4 and scores.shape[-1] == words:
+        _fail(exercise, "the cross-attention is given the text as its context: pass the image, "
+                        "self.cross_attention(text, image)")
+    if _decoder_layer_references(layer, text, image) is None:  # and builds the others
+        _fail(exercise, "the layer's own self_attention, cross_attention and feed_forward "
+                        "cannot compute feed_forward(cross_attention(self_attention(text), "
+                        "image)): keep the __init__ the lesson gives; check Exercises 1 and 2")
+    _fixed_weights(layer, seed=53)
+    _decoder_layer_output(exercise, layer, other_text, other_image)
+    earlier_scores = _kept_scores(exercise, layer)
+    output = _decoder_layer_output(exercise, layer, text, image)
+    scores = _kept_scores(exercise, layer)
+    references = _decoder_layer_references(layer, text, image)
+    if not _close(output, references.pop("correct")):
+        mistake = _same_as(output, references)
+        if mistake:
+            _fail(exercise, DECODER_LAYER_MISTAKES[mistake])
+        _fail(exercise, "the output is not self.feed_forward(self.cross_attention("
+                        "self.self_attention(text), image)), computed with the layer's own "
+                        "sublayers")
+    keep = ("self.last_attention_scores = self.cross_attention.last_attention_scores, after "
+            "the cross-attention")
+    if scores is None:
+        _fail(exercise, f"the decoder layer keeps no scores: set {keep}")
+    if not _close(scores, references["scores"]):
+        if earlier_scores is not None and _close(scores, earlier_scores):
+            _fail(exercise, f"last_attention_scores are stale, an earlier call's: set {keep}, "
+                            "on every call")
+        _fail(exercise, "last_attention_scores are not the cross-attention's scores of this "
+                        f"call: set {keep}")
+    _in_a_graph(exercise, layer, (text, image), output)
+    _pass(exercise, "self-attention, cross-attention to the image, feed-forward, in order; "
+                    "scores kept")
+
+
+# Exercise 4: the output layer's first bias
+
+# Token counts over 12 ids: padding (0) has by far the most, ids 4, 7 and 10 are never seen,
+# and the banned ids are 0, 1 and 3 (not 0, 1, 2), so hard-coded ids show.
+BIAS_COUNTS = np.array([5000, 40, 300, 120, 0, 80, 60, 0, 25, 10, 0, 7])
+BIAS_BANNED = (0, 1, 3)
+BANNED_AT_MOST = -1e4
+
+
+def _bias_result(fn: Callable, counts: np.ndarray, banned) -> np.ndarray:
+    exercise = BIAS_EXERCISE
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result = fn(counts, banned)
+    except IndexError as error:
+        if isinstance(banned, tuple):
+            _fail(exercise, f"log_frequency_bias raised {_one_line(error, 80)}: banned_ids is a "
+                            "tuple, which indexes several axes; index with a list, "
+                            "counts[list(banned_ids)]", error)
+        _fail(exercise, f"log_frequency_bias raised {_one_line(error)}", error)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        _fail(exercise, f"log_frequency_bias raised {_one_line(error)}", error)
+    if result is None:
+        _fail(exercise, "log_frequency_bias returns None: return the array of biases")
+    arrays = _arrays([result])
+    if arrays is None:
+        _fail(exercise, f"return an array of numbers, not a {type(result).__name__}")
+    return arrays[0]
+
+
+def log_frequency_bias(fn: Callable) -> None:
+    """log_frequency_bias(counts, banned_ids): log-probabilities of the tokens among the
+    allowed ones, up to a constant (softmax of the biases gives the frequencies), and a large
+    finite negative number for banned and never-seen tokens; the caller's counts unchanged."""
+    exercise = BIAS_EXERCISE
+    counts = BIAS_COUNTS.copy()
+    vocab_size = len(counts)
+    banned = np.isin(np.arange(vocab_size), BIAS_BANNED)
+    unseen = (counts == 0) & ~banned
+    allowed = ~banned & ~unseen
+    probabilities = np.where(allowed, counts, 0) / counts[allowed].sum()
+    result = _bias_result(fn, counts, BIAS_BANNED)
+    if not np.array_equal(counts, BIAS_COUNTS):
+        _fail(exercise, "the caller's counts are changed in place: work on a copy, "
+                        "np.array(counts, dtype='float64')")
+    if result.shape != (vocab_size,):
+        _fail(exercise, f"the result has shape {result.shape}; expected ({vocab_size},), one "
+                        "bias per token of the vocabulary")
+    kept = result[allowed]
+    if (kept >= 0).all() and (kept <= 1).all() and np.isclose(kept.sum(), 1, atol=1e-3):
+        _fail(exercise, "these are probabilities, not log-probabilities: take np.log of them; "
+                        "the output layer adds the bias to logits")
+    if np.isneginf(result).any():
+        _fail(exercise, f"some biases are -inf (ids {np.flatnonzero(np.isneginf(result)).tolist()}"
+                        "): use a large finite negative number such as -1e9 (with -inf the "
+                        "softmax gives NaN losses and gradients)")
+    if not np.isfinite(result).all():
+        _fail(exercise, "some biases are NaN or infinite: take the log only where counts > 0, "
+                        "np.log(p, out=np.full(len(counts), -1e9), where=counts > 0)")
+    if (result[banned] > BANNED_AT_MOST).any():
+        _fail(exercise, f"banned tokens are not banned: ids {BIAS_BANNED} get "
+                        f"{np.round(result[banned], 2).tolist()}; set counts[list(banned_ids)] "
+                        "= 0 before normalising (padding would keep its huge count), so they "
+                        "get -1e9")
+    if (result[unseen] > BANNED_AT_MOST).any():
+        _fail(exercise, f"never-seen tokens get {np.round(result[unseen], 2).tolist()}: give "
+                        "every token with count 0 a large negative number, -1e9, as the banned "
+                        "ones")
+    if (kept <= BANNED_AT_MOST).any():
+        wrongly = np.flatnonzero(allowed & (result <= BANNED_AT_MOST)).tolist()
+        _fail(exercise, f"ids {wrongly} are banned though they are seen and not in banned_ids "
+                        f"{BIAS_BANNED}: ban exactly banned_ids and the never-seen tokens")
+    softmax = np.exp(kept - kept.max())
+    if not np.allclose(softmax / softmax.sum(), probabilities[allowed], rtol=1e-4, atol=1e-9):
+        _fail(exercise, "softmax(biases) is not the tokens' frequencies: the bias of a token is "
+                        "log(count / sum of the allowed counts), np.log, the natural log")
+    as_list = _bias_result(fn, BIAS_COUNTS.copy(), list(BIAS_BANNED))
+    if as_list.shape != result.shape or not np.allclose(as_list, result):
+        _fail(exercise, "banned_ids given as a list gives other biases than as a tuple: use "
+                        "list(banned_ids) to index")
+    _pass(exercise, "log-frequencies of the allowed tokens; banned and unseen ones at "
+                    f"{result[banned].max():.3g}")
+
+
+# Exercises 5 and 6: the loss and the accuracy over real words
+
+CAPTION_UNKNOWN_ID = 1
+CAPTION_BANNED = (0, 1, 2)  # padding, [UNK], [START]: the output layer's bias bans them
+CAPTION_VOCAB_SIZE = 12
+# Three label rows: 4, 4 and 3 real words (the last one [END], id 3), 3 [UNK] and 7 padding.
+CAPTION_LABELS = np.array([[4, 1, 6, 7, 3, 0, 0], [8, 9, 1, 1, 5, 3, 0], [6, 4, 3, 0, 0, 0, 0]])
+# The logits are built to give these losses at the real words, and their argmax is the label
+# exactly where CAPTION_HITS is 1 (never at an [END]): chosen so that every typical mistake
+# gives a loss and an accuracy far from the right ones and from each other (the tests assert
+# it). Padding and [UNK] labels cost about 1e9, as the banned bias makes them.
+CAPTION_PER_TOKEN_LOSS = np.array([[0.1, 0, 0.2, 1.0, 0.8, 0, 0],
+                                   [0.1, 0.2, 0, 0, 0.9, 0.8, 0],
+                                   [2.0, 3.0, 3.5, 0, 0, 0, 0]])
+CAPTION_HITS = np.array([[1, 0, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]])
+
+
+def _caption_logits() -> np.ndarray:
+    rng = np.random.default_rng(55)
+    vocab_size, allowed = CAPTION_VOCAB_SIZE, CAPTION_VOCAB_SIZE - len(CAPTION_BANNED)
+    logits = np.zeros((*CAPTION_LABELS.shape, vocab_size))
+    for position in np.ndindex(CAPTION_LABELS.shape):
+        label, loss = CAPTION_LABELS[position], CAPTION_PER_TOKEN_LOSS[position]
+        if label in CAPTION_BANNED:  # padding or [UNK]: any allowed word may win
+            logits[position] = rng.uniform(-1, 1, vocab_size)
+        elif CAPTION_HITS[position]:  # the label wins, with `loss` left to the others
+            logits[position] = np.log(np.expm1(loss) / (allowed - 1))
+            logits[position][label] = 0.0
+        else:  # the next allowed word wins
+            logits[position] = -30.0
+            logits[position][label] = 0.0
+            logits[position][3 + (label - 3 + 1) % allowed] = np.log(np.expm1(loss))
+    logits[..., list(CAPTION_BANNED)] += -1e9
+    return logits.astype("float32")
+
+
+CAPTION_LOGITS = _caption_logits()
+
+CAPTION_LOSS_MISTAKES = {
+    "unk_counted": "the [UNK] labels are counted: they cost ~1e9 each because the output layer "
+                   "bans [UNK]; leave them out of the mask too, (labels != 0) & "
+                   "(labels != UNKNOWN_ID)",
+    "padding_counted": "padding is counted: it costs ~1e9 a position because the output layer "
+                       "bans it; leave it out of the mask, labels != 0",
+    "no_mask": "padding and [UNK] positions are counted (each costs ~1e9: the output layer "
+               "bans them): build the mask from the labels, not the predictions, "
+               "(labels != 0) & (labels != UNKNOWN_ID)",
+    "unmasked_sum": "the padding and [UNK] losses are still in the sum: multiply the per-token "
+                    "loss by the mask before summing",
+    "mean_of_masked": "the masked losses are averaged over every position, padding included: "
+                      "divide their sum by the number of real words, ops.sum(mask)",
+    "summed": "the loss is summed: divide it by the number of real words, ops.sum(mask)",
+    "per_caption": "each caption is averaged separately, so short captions weigh more: divide "
+                   "the batch's total by its number of real words",
+    "end_excluded": "the end-token positions are left out: mask only padding and [UNK]; the "
+                    "model must learn where a caption ends",
+    "logits_as_probabilities": "the cross-entropy treats the logits as probabilities: the "
+                               "output layer gives raw logits, so pass from_logits=True",
+    "softmax_twice": "softmax is applied twice: with from_logits=True pass the raw logits, "
+                     "not softmax(logits)",
+}
+CAPTION_ACC_MISTAKES = {
+    "all_positions": "the hits are divided by every position, padding and [UNK] included: "
+                     "divide by the number of real words, ops.sum(mask)",
+    "unk_counted": "the [UNK] positions are counted: the model never writes [UNK] (the output "
+                   "layer bans it), so leave them out of the mask too, labels != UNKNOWN_ID",
+    "padding_counted": "padding positions are counted: leave them out of the mask, labels != 0",
+    "count": "the accuracy is a count of hits: divide it by the number of real words, "
+             "ops.sum(mask), for a share",
+    "end_excluded": "the end-token positions are left out: mask only padding and [UNK], the "
+                    "same positions as the loss",
+    "no_hits": "no position counts as a hit: take the argmax over the last axis, the "
+               "vocabulary, ops.argmax(logits, axis=-1), and compare it with the labels "
+               "position by position",
+}
+
+
+def caption_loss_variants() -> dict[str, float]:
+    """The right loss ("correct") and each typical mistake's value on the fixed batch."""
+    labels, logits = tf.constant(CAPTION_LABELS), tf.constant(CAPTION_LOGITS)
+
+    def cross_entropy(predictions, from_logits=True):
+        return keras.losses.sparse_categorical_crossentropy(
+            labels, predictions, from_logits=from_logits).numpy().astype("float64")
+
+    def masked_mean(per_token, mask):
+        return float((per_token * mask).sum() / mask.sum())
+
+    per_token = cross_entropy(logits)
+    real = ((CAPTION_LABELS != 0) & (CAPTION_LABELS != CAPTION_UNKNOWN_ID)).astype("float64")
+    return {
+        "correct": masked_mean(per_token, real),
+        "unk_counted": masked_mean(per_token, CAPTION_LABELS != 0),
+        "padding_counted": masked_mean(per_token, CAPTION_LABELS != CAPTION_UNKNOWN_ID),
+        "no_mask": float(per_token.mean()),
+        "unmasked_sum": float(per_token.sum() / real.sum()),
+        "mean_of_masked": float((per_token * real).mean()),
+        "summed": float((per_token * real).sum()),
+        "per_caption": float(((per_token * real).sum(1) / real.sum(1)).mean()),
+        "end_excluded": masked_mean(per_token, CAPTION_LABELS > 3),
+        "logits_as_probabilities": masked_mean(cross_entropy(logits, from_logits=False), real),
+        "softmax_twice": masked_mean(cross_entropy(keras.ops.softmax(logits).numpy()), real),
+    }
+
+
+def caption_accuracy_variants() -> dict[str, float]:
+    """The right accuracy ("correct") and each typical mistake's value on the fixed batch."""
+    hits = (CAPTION_LOGITS.argmax(-1) == CAPTION_LABELS).astype("float64")
+    real = (CAPTION_LABELS != 0) & (CAPTION_LABELS != CAPTION_UNKNOWN_ID)
+    return {
+        "correct": float(hits[real].mean()),
+        "all_positions": float(hits.mean()),
+        "unk_counted": float(hits[CAPTION_LABELS != 0].mean()),
+        "padding_counted": float(hits[CAPTION_LABELS != CAPTION_UNKNOWN_ID].mean()),
+        "count": float(hits[real].sum()),
+        "end_excluded": float(hits[CAPTION_LABELS > 3].mean()),
+        "no_hits": 0.0,
+    }
+
+
+def _scalar(exercise: str, name: str, result, what: str) -> float:
+    if result is None:
+        _fail(exercise, f"{name} returns None: return {what}")
+    arrays = _arrays([result]) if not isinstance(result, tuple | list) else None
+    if arrays is None:
+        _fail(exercise, f"return one number (a scalar), not a {type(result).__name__}")
+    if arrays[0].shape != ():
+        _fail(exercise, f"return one number (a scalar), not shape {arrays[0].shape}")
+    return float(arrays[0])
+
+
+def _caption_inputs(dtype: str) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.constant(CAPTION_LABELS, dtype=dtype), tf.constant(CAPTION_LOGITS)
+
+
+def _judge_value(exercise: str, value: float, variants: dict[str, float],
+                 mistakes: dict[str, str], name: str) -> None:
+    expected = variants["correct"]
+    if np.isclose(value, expected, rtol=1e-4):
+        return
+    for mistake, wrong in variants.items():
+        if mistake != "correct" and np.isclose(value, wrong, rtol=1e-4, atol=1e-6):
+            _fail(exercise, mistakes[mistake])
+    if name == "masked_loss" and abs(value) > 1e6:
+        _fail(exercise, f"the loss is {value:.3g}: labels the output layer bans (padding, "
+                        "[UNK]) cost about 1e9 each; leave them out of the mask")
+    _fail(exercise, f"expected {expected:.4f} on a fixed batch, got {value:.4f}")
+
+
+def _judge_in_a_graph(exercise: str, fn: Callable, name: str, expected: float) -> None:
+    for dtype in ("int64", "int32"):
+        try:
+            value = tf.function(fn)(*_caption_inputs(dtype))
+        except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+            _fail(exercise, f"the value is right, but {name} {IN_A_TF_FUNCTION}"
+                            f"{_one_line(error, 100)}", error)
+        arrays = _arrays([value]) if not isinstance(value, tuple | list) else None
+        if arrays is None or arrays[0].shape != () or not np.isclose(arrays[0], expected,
+                                                                       rtol=1e-4):
+            _fail(exercise, f"the value is right eagerly, but {name} gives another inside a "
+                            "tf.function as in training: use keras.ops, not NumPy")
+
+
+def _caption_loss(loss_fn: Callable) -> None:
+    exercise, name = CAPTION_LOSS_EXERCISE, "masked_loss"
+    variants = caption_loss_variants()
+    for dtype in ("int64", "int32"):  # Keras hands the labels in either
+        result = _run(exercise, f"{name} on {dtype} labels", loss_fn, *_caption_inputs(dtype))
+        value = _scalar(exercise, name, result, "the averaged loss")
+        if np.isnan(value):
+            _fail(exercise, "the loss is NaN: look for a division by zero or the log of 0")
+        _judge_value(exercise, value, variants, CAPTION_LOSS_MISTAKES, name)
+    _judge_in_a_graph(exercise, loss_fn, name, variants["correct"])
+    _pass(exercise, "cross-entropy from logits averaged over real words; padding and [UNK] "
+                    "left out")
+
+
+def _caption_accuracy(accuracy_fn: Callable) -> None:
+    exercise, name = CAPTION_ACC_EXERCISE, "masked_acc"
+    variants = caption_accuracy_variants()
+    vocab_size = CAPTION_VOCAB_SIZE
+    for dtype in ("int64", "int32"):
+        try:
+            result = accuracy_fn(*_caption_inputs(dtype))
+        except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+            text = str(error)
+            if "int32" in text and "int64" in text:
+                _fail(exercise, f"with {dtype} labels {name} raised {type(error).__name__} "
+                                "comparing int64 with int32: cast the argmax and the labels to "
+                                "one integer type, ops.cast(ops.argmax(logits, axis=-1), "
+                                "labels.dtype)", error)
+            if re.search(rf"\b{vocab_size}\b", text) and re.search("shape", text, re.I):
+                _fail(exercise, "the argmax runs over the wrong axis, so the predictions have "
+                                "one value per vocabulary word: take ops.argmax(logits, "
+                                "axis=-1), one prediction per position", error)
+            _fail(exercise, f"{name} on {dtype} labels raised {_one_line(error)}", error)
+        value = _scalar(exercise, name, result, "the share of real words predicted right")
+        _judge_value(exercise, value, variants, CAPTION_ACC_MISTAKES, name)
+    _judge_in_a_graph(exercise, accuracy_fn, name, variants["correct"])
+    _pass(exercise, "share of real words whose argmax is the label; padding and [UNK] left out")
+
+
+def masked_loss_and_accuracy(loss_fn: Callable, accuracy_fn: Callable) -> None:
+    """masked_loss (exercise 5), checked fully first, then masked_acc (exercise 6): on labels
+    with padding and [UNK] and logits with padding, [UNK] and [START] banned, both label
+    dtypes Keras hands in (int32, int64), eagerly and in a tf.function."""
+    _caption_loss(loss_fn)
+    _caption_accuracy(accuracy_fn)
