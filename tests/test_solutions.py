@@ -11,7 +11,7 @@ from conftest import REPO, printed_text
 # What the rehearsal may shrink: the data and the time spent on it, and the weights' source.
 # Everything else (image size, vocabulary cap, caption length, width, batch, CACHE_FEATURES)
 # keeps the full profile's value.
-REHEARSAL_MAY_SET = {"DATASET", "TRAIN_SPLIT", "EVAL_IMAGES", "ENCODER_WEIGHTS"}
+REHEARSAL_MAY_SET = {"DATASET", "TRAIN_SPLIT", "TRAIN_IMAGES", "EVAL_IMAGES", "ENCODER_WEIGHTS"}
 
 
 @pytest.mark.slow
