@@ -81,18 +81,18 @@ def log_frequency_bias(counts, banned_ids):
     return np.log(probabilities, out=np.full(len(counts), -1e9), where=counts > 0)
 
 
-UNKNOWN_ID = 1
+unknown_id = 1
 
 
 def masked_loss(labels, logits):
     per_token = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    mask = ops.cast((labels != 0) & (labels != UNKNOWN_ID), per_token.dtype)
+    mask = ops.cast((labels != 0) & (labels != unknown_id), per_token.dtype)
     return ops.sum(per_token * mask) / ops.sum(mask)
 
 
 def masked_acc(labels, logits):
     predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
-    mask = ops.cast((labels != 0) & (labels != UNKNOWN_ID), "float32")
+    mask = ops.cast((labels != 0) & (labels != unknown_id), "float32")
     hits = ops.cast(predicted == labels, "float32") * mask
     return ops.sum(hits) / ops.sum(mask)
 
@@ -431,7 +431,7 @@ def mean_over(values, mask):
 
 
 def real(labels, logits=None):
-    return ops.logical_and(ops.not_equal(labels, 0), ops.not_equal(labels, UNKNOWN_ID))
+    return ops.logical_and(ops.not_equal(labels, 0), ops.not_equal(labels, unknown_id))
 
 
 def loss_with(mask_of=real, from_logits=True):

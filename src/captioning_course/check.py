@@ -1565,12 +1565,12 @@ CAPTION_LOGITS = _caption_logits()
 CAPTION_LOSS_MISTAKES = {
     "unk_counted": "the [UNK] labels are counted: they cost ~1e9 each because the output layer "
                    "bans [UNK]; leave them out of the mask too, (labels != 0) & "
-                   "(labels != UNKNOWN_ID)",
+                   "(labels != unknown_id)",
     "padding_counted": "padding is counted: it costs ~1e9 a position because the output layer "
                        "bans it; leave it out of the mask, labels != 0",
     "no_mask": "padding and [UNK] positions are counted (each costs ~1e9: the output layer "
                "bans them): build the mask from the labels, not the predictions, "
-               "(labels != 0) & (labels != UNKNOWN_ID)",
+               "(labels != 0) & (labels != unknown_id)",
     "unmasked_sum": "the padding and [UNK] losses are still in the sum: multiply the per-token "
                     "loss by the mask before summing",
     "mean_of_masked": "the masked losses are averaged over every position, padding included: "
@@ -1589,7 +1589,7 @@ CAPTION_ACC_MISTAKES = {
     "all_positions": "the hits are divided by every position, padding and [UNK] included: "
                      "divide by the number of real words, ops.sum(mask)",
     "unk_counted": "the [UNK] positions are counted: the model never writes [UNK] (the output "
-                   "layer bans it), so leave them out of the mask too, labels != UNKNOWN_ID",
+                   "layer bans it), so leave them out of the mask too, labels != unknown_id",
     "padding_counted": "padding positions are counted: leave them out of the mask, labels != 0",
     "count": "the accuracy is a count of hits: divide it by the number of real words, "
              "ops.sum(mask), for a share",
