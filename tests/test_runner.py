@@ -272,9 +272,11 @@ def descendants_seen():
 
     def watch():
         while not done.wait(0.1):
-            for proc in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    seen[proc] = " ".join(proc.cmdline())  # the latest, after any exec
+            # A process that ends mid-walk must not end the watching: skip it, look again.
+            with contextlib.suppress(psutil.Error):
+                for proc in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        seen[proc] = " ".join(proc.cmdline())  # the latest, after any exec
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -293,7 +295,7 @@ def still_running(proc: psutil.Process) -> bool:
 
 def assert_nothing_left(seen: dict[psutil.Process, str], marker: str) -> None:
     assert sum(marker in cmdline for cmdline in seen.values()) >= 2, "the cells never ran"
-    assert any("ipykernel_launcher" in cmdline for cmdline in seen.values())
+    assert any("ipykernel_launcher" in cmdline for cmdline in seen.values()), list(seen.values())
     assert [cmdline for proc, cmdline in seen.items() if still_running(proc)] == []
     # Also those that left the tree: a child whose parent died belongs to init.
     anywhere = [proc.info["cmdline"] for proc in psutil.process_iter(["cmdline"])
