@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image, ImageFile
 
@@ -17,7 +17,7 @@ from conftest import REPO
 
 PHOTO = REPO / "sample_images" / "chelsea.jpg"
 PNG = REPO / "sample_images" / "chelsea_alpha.png"
-HEIC_BYTES = struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(64)
+HEIC_BRAND_ONLY = struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(64)
 
 
 @pytest.mark.parametrize("suffix,mode", [
@@ -169,20 +169,142 @@ def test_truncated_photo_raises_even_if_pillow_was_told_to_allow_it(tmp_path, mo
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # left as it was found
 
 
-@pytest.mark.parametrize("name,content", [
-    ("IMG_0001.HEIC", HEIC_BYTES),  # an iPhone photo
-    ("IMG_0002.heif", b"not even heif inside"),
-    ("IMG_0003.jpg", HEIC_BYTES),  # renamed, but its ftyp box says HEIC
-    ("IMG_0004.png", HEIC_BYTES.replace(b"ftypheic", b"ftypmif1")),
+def photo_crop(height: int, width: int) -> np.ndarray:
+    """A corner of the cat photo: detailed enough that a turned or mirrored copy differs."""
+    return np.asarray(Image.open(PHOTO).convert("RGB"))[100:100 + height, 150:150 + width].copy()
+
+
+def exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def save_heic(path, pixels: np.ndarray, *, container: int = 1, exif: int | None = None) -> None:
+    """`pixels` as a HEIC whose container turns them as EXIF orientation `container` does, with
+    an EXIF tag that says the same, as an iPhone writes it, or `exif` if given."""
+    # pillow-heif writes the orientation of the EXIF bytes it is given as irot and imir boxes
+    # and keeps the tag; rewriting the tag in place leaves the container as it is. Its own
+    # encode, unlike Image.save, needs no opener registered: read_image must register it.
+    photo = Image.fromarray(pixels)
+    pillow_heif.encode(photo.mode, photo.size, photo.tobytes(), path, quality=90,
+                       exif=exif_orientation(container))
+    if exif is not None:
+        data = path.read_bytes()
+        assert data.count(exif_orientation(container)) == 1
+        path.write_bytes(data.replace(exif_orientation(container), exif_orientation(exif)))
+
+
+def assert_close(pixels: np.ndarray, expected: np.ndarray) -> None:
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape
+    assert np.abs(pixels.astype(int) - expected).mean() < 4  # HEVC is lossy
+
+
+@pytest.fixture(scope="module")
+def heic_photo() -> bytes:
+    """A HEIC without EXIF, so that its last bytes are the image data, decoded only on load."""
+    buffer = io.BytesIO()
+    pillow_heif.encode("RGB", (96, 64), photo_crop(64, 96).tobytes(), buffer, quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name,mode", [
+    ("IMG_0001.HEIC", "RGB"), ("IMG_0002.heic", "L"), ("photo.heif", "RGB"),
+    ("IMG_0003.jpg", "RGB"),  # renamed, but its ftyp box says HEIC
 ])
-def test_heic_is_refused_with_advice(tmp_path, name, content):
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(ValueError) as caught:
+def test_heic_is_read_as_rgb_with_its_pixels(tmp_path, name, mode):
+    stored = Image.fromarray(photo_crop(64, 96)).convert(mode)
+    save_heic(tmp_path / name, np.asarray(stored))
+    assert_close(read_image(tmp_path / name), np.asarray(stored.convert("RGB")))
+
+
+# Orientation 6 says "turn 90 degrees clockwise to view", 2 "mirror left to right". libheif turns
+# the photo by the container's irot and imir boxes, which a camera writes from its EXIF tag.
+@pytest.mark.parametrize("container,exif,orientation", [
+    (6, None, 6),  # an iPhone photo: turned once, not by the container and again by the tag
+    (2, None, 2),
+    (6, 3, 6),  # a stale tag: HEIF readers follow the container
+])
+def test_heic_orientation_is_applied_once(tmp_path, container, exif, orientation):
+    stored = photo_crop(40, 60)
+    save_heic(tmp_path / "IMG_0001.HEIC", stored, container=container, exif=exif)
+    upright = {6: np.rot90(stored, k=-1), 2: stored[:, ::-1]}[orientation]
+    assert_close(read_image(tmp_path / "IMG_0001.HEIC"), upright)
+
+
+def test_heic_transparent_pixels_become_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)  # fully transparent black
+    rgba[:16, :16] = (255, 0, 0, 255)  # an opaque red corner
+    save_heic(tmp_path / "alpha.heic", rgba)
+    pixels = read_image(tmp_path / "alpha.heic")
+    red, green, blue = (int(v) for v in pixels[4, 4])
+    assert red > 230 and green < 30 and blue < 30
+    assert pixels[28, 28].min() > 225  # white, not the black under the transparency
+
+
+def test_heic_gives_its_primary_image(tmp_path):
+    burst = pillow_heif.from_pillow(Image.new("RGB", (16, 16), (255, 0, 0)))
+    burst.add_from_pillow(Image.new("RGB", (16, 16), (0, 0, 255)))
+    burst.save(tmp_path / "burst.heic", primary_index=1)
+    red, green, blue = read_image(tmp_path / "burst.heic")[8, 8]
+    assert blue > 200 and red < 50
+
+
+def heic_claiming(width: int, height: int) -> bytes:
+    """A 64x64 HEIC whose ispe header claims width x height; decoding it would fail."""
+    buffer = io.BytesIO()
+    pillow_heif.encode("RGB", (64, 64), bytes(64 * 64 * 3), buffer)  # no clap box to crop it
+    data = buffer.getvalue()
+    assert data.count(b"ispe") == 1
+    at = data.index(b"ispe") + 8  # after the type, the version and the flags
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8:]
+
+
+@pytest.mark.parametrize("width,height,claimed", [
+    (9000, 6000, "9000x6000 pixels"), (20000, 20000, "400,000,000 pixels"),
+])
+def test_heic_pixel_limit_is_checked_before_decoding(tmp_path, width, height, claimed):
+    (tmp_path / "huge.heic").write_bytes(heic_claiming(width, height))
+    with pytest.raises(images.ImageTooLargeError, match=f"huge.heic is too large: .*{claimed}"):
+        read_image(tmp_path / "huge.heic")
+
+
+@pytest.mark.parametrize("cut,reason", [
+    (slice(0), "the file is empty"),
+    (slice(200), "damaged or truncated data: Invalid input: No 'meta' box"),  # cut in the header
+    (slice(-100), "damaged or truncated data: Invalid input: Unexpected end of file"),
+])
+def test_damaged_heic_raises_value_error(tmp_path, heic_photo, cut, reason):
+    path = tmp_path / "photo.heic"
+    path.write_bytes(heic_photo[cut])
+    with pytest.raises(ValueError, match=f"photo.heic is not a readable image: {reason}") as caught:
         read_image(path)
-    message = str(caught.value)
-    assert re.search(rf"{re.escape(name)} is a HEIC/HEIF photo, which is not supported", message)
-    assert "convert it to JPEG" in message and "Most Compatible" in message
+    assert "\n" not in str(caught.value)
+
+
+def test_heic_brand_without_a_heif_inside_is_damaged(tmp_path):
+    (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC_BRAND_ONLY)
+    with pytest.raises(ValueError, match="IMG_0001.HEIC is not a readable image: damaged or "
+                                         "truncated data: .*[Nn]o meta box"):
+        read_image(tmp_path / "IMG_0001.HEIC")
+
+
+def test_heic_cut_in_its_exif_raises_value_error(tmp_path):
+    path = tmp_path / "IMG_0001.HEIC"
+    save_heic(path, photo_crop(40, 60))
+    path.write_bytes(path.read_bytes()[:-100])  # the EXIF comes last, and is read on opening
+    with pytest.raises(ValueError, match="IMG_0001.HEIC is not a readable image: damaged or "
+                                         "truncated data: .*Unexpected end of file") as caught:
+        read_image(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_heic_raises_even_if_pillow_was_told_to_allow_it(tmp_path, heic_photo,
+                                                                   monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    (tmp_path / "cut.heic").write_bytes(heic_photo[:-100])
+    with pytest.raises(ValueError, match="cut.heic is not a readable image: damaged or trunc"):
+        read_image(tmp_path / "cut.heic")
 
 
 def test_heic_suffix_on_a_real_jpeg_is_read(tmp_path):
@@ -191,12 +313,12 @@ def test_heic_suffix_on_a_real_jpeg_is_read(tmp_path):
 
 
 def test_image_files_lists_photos_of_every_suffix_case(tmp_path):
-    for name in ["b.JPG", "a.webp", "c.tif", "d.TIFF", "e.heic", "f.png", "notes.md",
-                 "._b.JPG", "g.jpeg.txt"]:
+    for name in ["b.JPG", "a.webp", "c.tif", "d.TIFF", "e.heic", "f.png", "h.HEIF", "notes.md",
+                 "._b.JPG", "._e.heic", "g.jpeg.txt"]:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "folder.jpg").mkdir()
     names = [p.name for p in image_files(tmp_path)]
-    assert names == sorted(["a.webp", "b.JPG", "c.tif", "d.TIFF", "e.heic", "f.png"])
+    assert names == sorted(["a.webp", "b.JPG", "c.tif", "d.TIFF", "e.heic", "f.png", "h.HEIF"])
 
 
 def test_image_files_needs_a_folder(tmp_path):

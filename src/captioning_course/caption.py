@@ -5,8 +5,8 @@
 The export is a SavedModel whose `serve` function takes encoded photos and returns their
 captions; it is loaded with `tensorflow_hub.load`, as anyone who receives it would. Each photo
 is read with the course's `read_image` (upright from its EXIF orientation, transparency on
-white, 16-bit scaled, WebP and TIFF too) and handed over as PNG bytes, so the export sees the
-pixels the lesson's captioner saw. Prints one `photo: caption` line per photo; a photo that
+white, 16-bit scaled, WebP, TIFF and HEIC too) and handed over as PNG bytes, so the export sees
+the pixels the lesson's captioner saw. Prints one `photo: caption` line per photo; a photo that
 cannot be read gets an `error:` line and the others are still captioned.
 """
 

@@ -1,13 +1,16 @@
 """Reading a student's photo, whatever its format, as the RGB array a captioner expects.
 
-Read: JPEG, PNG, GIF (first frame), BMP, WebP and TIFF (first page); 8-bit, 16-bit or floating
-point; grayscale, palette, RGB, RGBA or CMYK. Phone photos are turned upright from their EXIF
-orientation. Refused with a ValueError naming the file: HEIC/HEIF, images above MAX_PIXELS,
-and damaged, truncated, empty or non-image files.
+Read: JPEG, PNG, GIF (first frame), BMP, WebP, TIFF (first page) and HEIC/HEIF (the primary
+image, as iPhones save photos, through pillow-heif); 8-bit, 16-bit or floating point; grayscale,
+palette, RGB, RGBA or CMYK. Phone photos are turned upright from their EXIF orientation, or for
+HEIC from the rotation and mirror of the HEIF container, which libheif applies (pillow-heif then
+resets the EXIF tag, so that nothing is turned twice). Refused with a ValueError naming the
+file: images above MAX_PIXELS, and damaged, truncated, empty or non-image files.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -15,16 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-# Pillow cannot decode these without an extra package; image_files still lists them so that
-# the student gets read_image's advice to convert the photo instead of a silent skip.
-HEIC_SUFFIXES = (".heic", ".heif")
-_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
-                b"mif1", b"msf1")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+                  ".heic", ".heif")
 # 50 megapixels already take 150 MB as RGB; anything larger is a huge scan or a decompression bomb.
 MAX_PIXELS = 50_000_000
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
-_FORMATS = "JPEG, PNG, GIF, BMP, WebP or TIFF"
+_FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF or HEIC"
 
 
 class ImageTooLargeError(ValueError):
@@ -36,14 +35,15 @@ class FolderNotImageError(IsADirectoryError, ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode a JPEG, PNG, GIF (first frame), BMP, WebP or TIFF (first page) photo, upright.
+    """Decode a JPEG, PNG, GIF (first frame), BMP, WebP, TIFF (first page) or HEIC/HEIF photo.
 
-    Returns a (height, width, 3) uint8 array: grayscale becomes RGB, 16-bit and float pixels
-    are scaled to 0-255, CMYK is converted and transparent pixels are put on white.
+    Returns a (height, width, 3) uint8 array, upright: grayscale becomes RGB, 16-bit and float
+    pixels are scaled to 0-255, CMYK is converted and transparent pixels are put on white. A
+    HEIC/HEIF gives its primary image, the photo a phone shows.
 
     Raises FileNotFoundError naming a missing path, FolderNotImageError (a ValueError) for a
     folder, ImageTooLargeError (a ValueError) above MAX_PIXELS, and ValueError naming the file
-    and the reason for HEIC/HEIF photos and for files that are not a readable image.
+    and the reason for files that are not a readable image.
     """
     path = Path(path)
     if path.is_dir():
@@ -63,40 +63,35 @@ def read_image(path: str | Path) -> np.ndarray:
     except Exception as exc:
         if path.stat().st_size == 0:
             reason = "the file is empty (0 bytes)"
-        elif _is_heic(path):
-            raise ValueError(
-                f"{path} is a HEIC/HEIF photo, which is not supported: convert it to JPEG "
-                "(on the phone, export or share it as JPEG, or set Camera > Formats > "
-                "Most Compatible)") from exc
         elif isinstance(exc, UnidentifiedImageError):
-            reason = f"unknown format (not {_FORMATS})"
+            heif_error = _heif_header_error(path)
+            reason = (f"damaged or truncated data: {heif_error}" if heif_error
+                      else f"unknown format (not {_FORMATS})")
         elif isinstance(exc, OSError) and exc.strerror:  # the system's refusal, not bad bytes
             reason = exc.strerror
         else:
-            reason = "damaged or truncated data: " + " ".join(str(exc).split())
+            reason = "damaged or truncated data: " + _one_line(exc)
         raise ValueError(f"{path} is not a readable image: {reason}") from exc
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """The photos in `folder`, sorted: suffix in IMAGE_SUFFIXES or HEIC_SUFFIXES, in any case.
+    """The photos in `folder`, sorted: suffix in IMAGE_SUFFIXES, in any case.
 
-    Phones write ".JPG" and ".HEIC" as readily as ".jpg". HEIC photos are listed, so that
-    read_image tells the student to convert them rather than skipping them in silence. Other
-    files (SOURCES.md), subfolders and hidden files (the "._IMG_0001.JPG" companions macOS
-    writes on USB sticks) are skipped.
+    Phones write ".JPG" and ".HEIC" as readily as ".jpg". Other files (SOURCES.md), subfolders
+    and hidden files (the "._IMG_0001.JPG" companions macOS writes on USB sticks) are skipped.
     """
     folder = Path(folder)
     if folder.is_file():
         raise NotADirectoryError(f"{folder} is a file, not a folder of images")
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}")
-    suffixes = IMAGE_SUFFIXES + HEIC_SUFFIXES
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
                   and not p.name.startswith(".") and p.is_file())
 
 
 def _decode(path: Path) -> Image.Image:
-    """The first frame of `path`, fully decoded and turned upright."""
+    """The first frame of `path` (a HEIF's primary image), fully decoded and turned upright."""
+    _register_heif_opener()
     # tensorflow_datasets turns this on for the whole process when it draws thumbnails; a cut-off
     # photo would then decode with a gray band instead of raising.
     load_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -108,7 +103,8 @@ def _decode(path: Path) -> Image.Image:
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width * height > MAX_PIXELS:
                     raise _too_large(path, f"{width}x{height} pixels")
-                image.seek(0)
+                if image.format != "HEIF":  # a HEIF stays at its primary image, maybe not the first
+                    image.seek(0)
                 image.load()
                 return ImageOps.exif_transpose(image)
     finally:
@@ -138,15 +134,29 @@ def _scale_to_uint8(image: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
 
 
-def _is_heic(path: Path) -> bool:
-    if path.suffix.lower() in HEIC_SUFFIXES:
-        return True
+@functools.cache
+def _register_heif_opener() -> None:
+    # Not at import: pillow-heif loads libheif and its HEVC codecs, and `plots` imports this module.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+def _heif_header_error(path: Path) -> str | None:
+    """libheif's reason for refusing a HEIC/HEIF header, which Pillow only calls unidentified."""
+    import pillow_heif
+
+    if not pillow_heif.get_file_mimetype(path).startswith(("image/heic", "image/heif")):
+        return None
     try:
-        with path.open("rb") as file:
-            head = file.read(12)
-    except OSError:
-        return False
-    return head[4:8] == b"ftyp" and head[8:12] in _HEIC_BRANDS  # the ISO media "ftyp" box
+        pillow_heif.open_heif(path)
+    except Exception as exc:  # libheif's refusals come as ValueError, RuntimeError...
+        return _one_line(exc)
+    return None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _too_large(path: Path, claimed: str) -> ImageTooLargeError:
