@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import layers
 
 from captioning_course.decoding import CaptionDecoder, Decoded
+from captioning_course.gpu_on_cpu import opaque_to_xla
 
 VOCAB_SIZE, DIM, REGIONS, BATCH = 30, 16, 9, 12
 VOCABULARY = ["", "[UNK]", "<start>", "<end>"] + [f"w{i}" for i in range(4, VOCAB_SIZE)]
@@ -21,13 +22,21 @@ WEIGHTS_SEED, WEIGHTS_GAIN, END_BIAS = 1, 4.0, 0.7
 FEATURES = np.random.default_rng(0).normal(size=(BATCH, REGIONS, DIM)).astype("float32")
 
 
-def build_step_model() -> keras.Model:
-    """The lesson's decoder step, with random weights large enough for varied captions."""
+def build_step_model(as_on_a_gpu: bool = False) -> keras.Model:
+    """The lesson's decoder step, with random weights large enough for varied captions.
+
+    `as_on_a_gpu`: the GRU's outputs pass through an operation XLA cannot compile, in a layer
+    marked as Keras marks a GRU that runs on cuDNN; the weights and the numbers are the same.
+    """
     word = keras.Input(shape=(1,), name="word")
     state = keras.Input(shape=(DIM,), name="gru_state")
     features = keras.Input(shape=(REGIONS, DIM), name="image_features")
     gru_output, next_state = layers.GRU(DIM, return_sequences=True, return_state=True)(
         layers.Embedding(VOCAB_SIZE, DIM)(word), initial_state=state)
+    if as_on_a_gpu:
+        cudnn = layers.Lambda(lambda outputs: [opaque_to_xla(o) for o in outputs], name="cudnn")
+        cudnn.supports_jit = False
+        gru_output, next_state = cudnn([gru_output, next_state])
     context, attention = layers.Attention()([gru_output, features],
                                             return_attention_scores=True)
     output_layer = layers.Dense(VOCAB_SIZE)
@@ -87,7 +96,7 @@ def make_decoder(step_model, **options) -> CaptionDecoder:
     return CaptionDecoder(
         lambda tokens, state, features: step_model([tokens, state, features], training=False),
         lambda features: tf.zeros([tf.shape(features)[0], DIM]),
-        vocabulary=VOCABULARY, max_length=MAX_LENGTH, **options)
+        vocabulary=VOCABULARY, max_length=MAX_LENGTH, models=[step_model], **options)
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +271,55 @@ def test_invalid_decoders_are_refused(step_model, options, missing):
     with pytest.raises(ValueError, match=missing):
         CaptionDecoder(lambda *args: None, lambda features: None, vocabulary=VOCABULARY,
                        **options)
+
+
+@pytest.fixture(scope="module")
+def as_on_a_gpu(step_model) -> keras.Model:
+    model = build_step_model(as_on_a_gpu=True)
+    model.set_weights(step_model.get_weights())
+    return model
+
+
+def test_greedy_decoding_compiles_with_xla_where_every_layer_can(decoder):
+    assert decoder.jit_compile is True
+
+
+def test_a_layer_xla_cannot_compile_is_named_and_decoding_runs_without_xla(as_on_a_gpu, capsys):
+    decoder = make_decoder(as_on_a_gpu)
+    assert decoder.jit_compile is False
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and "without XLA" in printed and "cudnn (Lambda)" in printed
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported operations"):
+        make_decoder(as_on_a_gpu, jit_compile=True).greedy(FEATURES)  # what a GPU would meet
+
+
+def test_without_xla_the_captions_are_the_same(decoder, as_on_a_gpu, greedy):
+    played = make_decoder(as_on_a_gpu)
+    assert played.text(played.greedy(FEATURES)) == decoder.text(greedy)
+    assert played.text(played.beam_search(FEATURES, 3)) == decoder.text(
+        decoder.beam_search(FEATURES, 3))
+    assert played.text(played.sample(FEATURES, top_k=5, seed=3)) == decoder.text(
+        decoder.sample(FEATURES, top_k=5, seed=3))
+
+
+def test_an_export_without_xla_writes_the_same_captions(decoder, as_on_a_gpu, greedy, tmp_path):
+    played = make_decoder(as_on_a_gpu)
+    export = tf.Module()
+    export.model = as_on_a_gpu
+
+    @tf.function(input_signature=[tf.TensorSpec([None, REGIONS, DIM], tf.float32)])
+    def serve(features):
+        decoded = played.greedy(features)
+        return played.caption_strings(decoded.ids, decoded.lengths)
+
+    export.serve = serve
+    tf.saved_model.save(export, str(tmp_path / "export"))
+    reloaded = tf.saved_model.load(str(tmp_path / "export"))
+    captions = [text.decode() for text in reloaded.serve(FEATURES).numpy()]
+    assert captions == decoder.text(greedy)
+
+
+def test_auto_needs_the_models_the_step_calls(step_model):
+    with pytest.raises(ValueError, match="models="):
+        CaptionDecoder(lambda *args: None, lambda features: None, vocabulary=VOCABULARY,
+                       max_length=MAX_LENGTH)

@@ -49,9 +49,13 @@ class CaptionDecoder:
 
     `jit_compile` has XLA compile greedy decoding, loop included: on a 2-core CPU it runs the
     lesson's captioner about twice as fast as TensorFlow's graph executor, which pays a fixed
-    cost for each small operation of each step. Pass False for a step that uses an operation
-    XLA cannot compile. Sampling (its `top_k` is a tensor, and XLA needs it fixed) and beam
-    search (its bookkeeping) run in the graph executor.
+    cost for each small operation of each step. With "auto" (the default), XLA compiles it
+    only if every layer of `models`, the Keras models the step calls, says it can
+    (`supports_jit`), as Keras's own `jit_compile="auto"` decides; otherwise one printed line
+    names the layers and the loop runs in the graph executor. On a GPU, Keras runs a GRU
+    through cuDNN, which XLA cannot compile, and marks it so. Sampling (its `top_k` is a
+    tensor, and XLA needs it fixed) and beam search (its bookkeeping) always run in the graph
+    executor.
 
     The new state is cast back to the initial state's dtypes, so that a float16 step under
     mixed precision keeps the loop's variables of one type.
@@ -60,7 +64,7 @@ class CaptionDecoder:
     def __init__(self, step: StepFn, initial_state: Callable[[tf.Tensor], Any], *,
                  vocabulary: Sequence[str], max_length: int, start: str = "<start>",
                  end: str = "<end>", banned: Sequence[str] = ("", "[UNK]", "<start>"),
-                 jit_compile: bool = True):
+                 jit_compile: bool | str = "auto", models: Sequence[Any] = ()):
         vocabulary = [str(word) for word in vocabulary]
         for word in (start, end, *banned):
             if word not in vocabulary:
@@ -76,6 +80,11 @@ class CaptionDecoder:
         self.banned_ids = tuple(sorted({vocabulary.index(word) for word in banned}))
         self._step = step
         self._initial_state = initial_state
+        if jit_compile == "auto":
+            jit_compile = _xla_compiles(models)
+        elif not isinstance(jit_compile, bool):
+            raise ValueError(f'jit_compile must be True, False or "auto", not {jit_compile!r}')
+        self.jit_compile = jit_compile
         # Built once; reduce_retracing traces a second batch size with the batch left open,
         # so evaluation batches of any size then share one graph instead of one each.
         self._greedy_fn = tf.function(self._greedy, reduce_retracing=True,
@@ -281,6 +290,21 @@ class CaptionDecoder:
         ids.set_shape([None, self.max_length])
         attention.set_shape([None, self.max_length, None])
         return ids, lengths, attention
+
+
+def _xla_compiles(models: Sequence[Any]) -> bool:
+    """Whether every layer of the Keras `models` says XLA can compile it; if not, say which."""
+    if not models:
+        raise ValueError('jit_compile="auto" needs models=[...], the Keras models the step '
+                         "calls, to ask their layers whether XLA can compile them")
+    # _flatten_layers is the walk Keras's own jit_compile="auto" makes over a model's layers.
+    refusing = [f"{layer.name} ({type(layer).__name__})" for model in models
+                for layer in model._flatten_layers(include_self=True, recursive=True)
+                if not layer.supports_jit]
+    if refusing:
+        print(f"Greedy decoding runs without XLA: Keras says XLA cannot compile "
+              f"{', '.join(refusing)} here (supports_jit=False; on a GPU, a GRU runs on cuDNN)")
+    return not refusing
 
 
 def _any_batch(loop_vars):
