@@ -255,14 +255,14 @@ def _papermill_child() -> None:
 
 
 def _execute(copy: Path, executed: Path, parameters: dict[str, Any], cwd: Path, log: Path,
-             timeout_s: int) -> tuple[str, str]:
+             timeout_s: int, env: dict[str, str]) -> tuple[str, str]:
     """Run `copy` to `executed`: ("ok" | "timeout" | "stopped", why papermill stopped)."""
     command = [sys.executable, "-c",
                "from captioning_course.grade import _papermill_child; _papermill_child()",
                json.dumps({"input": str(copy), "output": str(executed), "cwd": str(cwd),
                            "parameters": parameters})]
     with log.open("w") as messages:
-        status = runner.run_stoppable(command, timeout_s, stdout=messages,
+        status = runner.run_stoppable(command, timeout_s, env, stdout=messages,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if status != "failed":
         return status, ""
@@ -454,7 +454,8 @@ def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: 
 
 
 def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
-             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int) -> None:
+             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int,
+             env: dict[str, str]) -> None:
     row, lesson = planned.row, planned.lesson
     relative = Path(row.file)
     executed_path = out / "executed" / relative
@@ -477,7 +478,7 @@ def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
             row.exercises, row.grades = 0, {}
             return
         status, reason = _execute(path, executed_path, parameters, output_dir,
-                                  output_dir / "papermill.log", limit)
+                                  output_dir / "papermill.log", limit, env)
     row.seconds = time.monotonic() - start
     try:
         executed = nbformat.read(executed_path, as_version=4)
@@ -520,6 +521,7 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
     if to_run:
         runner.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
+    env = runner.kernel_environment(profile, out)
     rows = [plan.row for plan in plans]
     graded = 0
     try:
@@ -529,7 +531,7 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                       f"{profile.name})", flush=True)
             try:
                 _run_one(plan, profile, data_dir, out, sample_images_dir, extra_parameters,
-                         limit)
+                         limit, env)
             except Exception as exc:  # one file's trouble never stops the others
                 plan.row.grades, plan.row.exercises = {}, 0
                 plan.row.note = f"cannot grade: {type(exc).__name__}: {_first_line(exc)}"

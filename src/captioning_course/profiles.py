@@ -7,20 +7,54 @@ those defaults. Notebooks never branch on the profile's name; only these values 
 - `smoke`: the offline data slice, random encoder weights, sizes a 2-core CPU trains in
   minutes; it shows that the model learns.
 - `rehearsal`: the full profile's sizes and code paths (image size, vocabulary cap, caption
-  length, model width, batch, the CNN inside the model, encoder weights loaded from a file)
-  on a few dozen slice images and one short epoch; it shows that the code a student runs on
-  a GPU executes, not that it learns.
+  length, model width, batch, the encoders, the datasets' own loaders, encoder weights loaded
+  from a file) on a few dozen slice images and one short epoch, in a kernel where Keras's
+  recurrent layers refuse XLA as they do on a GPU (`gpu_on_cpu`); it shows that the code a
+  student runs on a GPU executes, not that it learns.
 - `full`: the defaults, for a GPU machine with COCO and ImageNet weights.
+
+The rule behind them: a profile swaps bytes, never branches. It may say where data and weights
+come from (a `Source`: a copy of the slice in a real dataset's layout, archives served from a
+`file://` URL, a weights file) and how many images and steps, but for every parameter a lesson
+selects code with (`code_selecting_parameters`), the full course's value must also be the value
+of a profile the tests run (`untested_defaults` names any that is not).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from captioning_course.data_copies import CocoCaptionsCopy, Flickr8kArchives
 from captioning_course.data_slice import NAME as SLICE_NAME
 from captioning_course.data_slice import SliceParams
 from captioning_course.weights import RandomWeights
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A profile value that stands for bytes the runner makes before a run."""
+
+    def value(self, data_dir: Path, output_dir: Path) -> str:
+        """What the parameter is set to: a path or URL under `data_dir` or `output_dir`."""
+
+    def prepare(self, data_dir: Path, data_slice: SliceParams) -> None:
+        """Make the bytes under `data_dir` unless they are there already."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """A folder of the lesson's own run, empty when it starts: a download lands there anew."""
+
+    name: str
+
+    def value(self, data_dir: Path, output_dir: Path) -> str:
+        return str((output_dir / self.name).resolve())
+
+    def prepare(self, data_dir: Path, data_slice: SliceParams) -> None:
+        """Nothing: the runner empties the lesson's output folder before each run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +65,7 @@ class Profile:
     data_slice: SliceParams | None  # when set, the runner prepares it and injects DATA_DIR
     overrides: dict[str, dict[str, Any]]  # notebook stem -> parameters; "*" applies to all
     needs_gpu: bool = False  # the runner warns before such a run on a machine without one
+    plays_gpu: bool = False  # kernels start with gpu_on_cpu.play_cudnn_gru()
 
     def overrides_for(self, notebook_stem: str) -> dict[str, Any]:
         return {**self.overrides.get("*", {}), **self.overrides.get(notebook_stem, {})}
@@ -42,8 +77,9 @@ SMOKE = Profile(
     timeout_s=30 * 60,
     data_slice=SliceParams(),
     overrides={
-        "*": {"DATASET": SLICE_NAME},
+        "getting_started": {"DATASET": SLICE_NAME},
         "image_captioning": {
+            "DATASET": SLICE_NAME,
             "EVAL_IMAGES": 100,
             "ENCODER_WEIGHTS": None,
             "IMG_SIZE": 150,  # a 3x3 feature grid, matching the slice's 3x3 layout
@@ -54,6 +90,7 @@ SMOKE = Profile(
             "CACHE_FEATURES": True,
         },
         "image_captioning_custom_loop": {
+            "DATASET": SLICE_NAME,
             "EVAL_IMAGES": 100,
             "ENCODER_WEIGHTS": None,
             "IMG_SIZE": 150,  # a 3x3 feature grid with InceptionV3, matching the slice's layout
@@ -64,6 +101,8 @@ SMOKE = Profile(
             "EPOCHS": 20,
         },
         "image_captioning_transformer": {
+            "DATA_DIR": RunFolder("datasets"),
+            "FLICKR8K_URL": Flickr8kArchives(),
             "EVAL_IMAGES": 100,
             # Untrained MobileNetV3Small features vanish (std ~4e-10); InceptionResNetV2's do not.
             "ENCODER": "InceptionResNetV2",
@@ -79,27 +118,34 @@ SMOKE = Profile(
 
 REHEARSAL = Profile(
     name="rehearsal",
-    description="full sizes and code paths on a few dozen slice images, one short epoch",
+    description="full sizes and code paths on a few dozen slice images, GPU layers played",
     timeout_s=20 * 60,
     data_slice=SliceParams(),
     overrides={
-        "*": {"DATASET": SLICE_NAME},
+        # COCO through TFDS's own coco_captions builder, from a prepared copy of the slice.
+        "getting_started": {"DATA_DIR": CocoCaptionsCopy()},
         "image_captioning": {
+            "DATA_DIR": CocoCaptionsCopy(),
             "TRAIN_SPLIT": "train[:64]",
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("InceptionResNetV2"),
         },
         "image_captioning_custom_loop": {
+            "DATA_DIR": CocoCaptionsCopy(),
             "TRAIN_SPLIT": "train[:64]",  # 320 image/caption pairs
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("InceptionV3"),
         },
+        # Flickr8k through the lesson's own download and unpack code, from archives of the slice.
         "image_captioning_transformer": {
+            "DATA_DIR": RunFolder("datasets"),
+            "FLICKR8K_URL": Flickr8kArchives(),
             "TRAIN_IMAGES": 64,  # 320 image/caption pairs
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("MobileNetV3Small"),
         },
     },
+    plays_gpu=True,
 )
 
 FULL = Profile(
@@ -121,3 +167,86 @@ def get(name: str) -> Profile:
         raise ValueError(
             f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
         ) from None
+
+
+# The profiles `make test` executes: between them they must take every code path the full
+# course takes.
+TESTED = (SMOKE, REHEARSAL)
+# Calls that look code up by a name (a TFDS builder, an attribute), and where the name goes.
+_NAME_ARGUMENT = {"load": 0, "builder": 0, "getattr": 1}
+
+
+def code_selecting_parameters(notebook: Path) -> dict[str, Any]:
+    """The parameters `notebook` selects code with, and their full (default) values.
+
+    A parameter selects code when the lesson branches on it (an `if`, `while` or conditional
+    expression tests it, or it is compared with a constant), looks code up by it (the key of
+    a subscript of a dict the lesson writes, the name given to `tfds.load`, `tfds.builder` or
+    `getattr`), or is a switch (its default is True or False).
+    """
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    [parameters_cell] = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    defaults = {target.id: ast.literal_eval(statement.value)
+                for statement in ast.parse(parameters_cell.source).body
+                if isinstance(statement, ast.Assign)
+                for target in statement.targets if isinstance(target, ast.Name)}
+    code = "\n".join(_python_lines(c.source) for c in cells
+                     if c.cell_type == "code" and c is not parameters_cell)
+    selecting = {name for name, value in defaults.items() if isinstance(value, bool)}
+    selecting |= _names_selecting_code(ast.parse(code)) & set(defaults)
+    return {name: defaults[name] for name in sorted(selecting)}
+
+
+def _python_lines(source: str) -> str:
+    """A cell's source without IPython's magics and shell escapes, which are not Python."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                     for line in source.splitlines())
+
+
+def _names_selecting_code(tree: ast.AST) -> set[str]:
+    dicts = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             and isinstance(node.value, ast.Dict)
+             for target in node.targets if isinstance(target, ast.Name)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If | ast.While | ast.IfExp):
+            found |= _tested_names(node.test)
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(operand, ast.Constant) for operand in operands):
+                found |= {o.id for o in operands if isinstance(o, ast.Name)}
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id in dicts and isinstance(node.slice, ast.Name):
+            found.add(node.slice.id)
+        elif isinstance(node, ast.Call) and _called_name(node.func) in _NAME_ARGUMENT:
+            position = _NAME_ARGUMENT[_called_name(node.func)]
+            arguments = [*node.args[position:position + 1],
+                         *(k.value for k in node.keywords if k.arg == "name")]
+            found |= {a.id for a in arguments if isinstance(a, ast.Name)}
+    return found
+
+
+def _tested_names(test: ast.expr) -> set[str]:
+    """Names whose truth value `test` is, alone, negated or combined with and/or."""
+    if isinstance(test, ast.Name):
+        return {test.id}
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _tested_names(test.operand)
+    if isinstance(test, ast.BoolOp):
+        return set().union(*map(_tested_names, test.values))
+    return set()
+
+
+def _called_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else None
+
+
+def untested_defaults(notebook: Path, tested: tuple[Profile, ...] = TESTED) -> dict[str, Any]:
+    """The code-selecting parameters whose full value no profile in `tested` keeps."""
+    return {name: default for name, default in code_selecting_parameters(notebook).items()
+            if all(profile.overrides_for(notebook.stem).get(name, default) != default
+                   for profile in tested)}

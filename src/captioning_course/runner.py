@@ -38,10 +38,9 @@ import nbformat
 import papermill
 import psutil
 
-from captioning_course import data_slice, profiles, record
+from captioning_course import data_slice, gpu_on_cpu, profiles, record
 from captioning_course.kernel import DISPLAY_NAME, KERNEL_NAME
-from captioning_course.profiles import Profile
-from captioning_course.weights import RandomWeights
+from captioning_course.profiles import Profile, Source
 
 # Tags of the cells papermill adds to an executed copy; the author never sees them.
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
@@ -127,14 +126,14 @@ def notebook_parameters(
     paths = {"OUTPUT_DIR": output_dir, "SAMPLE_IMAGES_DIR": sample_images_dir}
     if feature_cache_dir is not None:
         paths["FEATURE_CACHE_DIR"] = feature_cache_dir
-    if profile.data_slice is not None:
+    if profile.data_slice is not None and "DATA_DIR" not in parameters:
         paths["DATA_DIR"] = data_dir
     for name, path in paths.items():
         if name in declared:
             parameters[name] = str(path.resolve())
     for name, value in parameters.items():
-        if isinstance(value, RandomWeights):
-            parameters[name] = str(value.path(data_dir).resolve())
+        if isinstance(value, Source):
+            parameters[name] = value.value(data_dir, output_dir)
     return {**parameters, **extra_parameters}
 
 
@@ -159,13 +158,26 @@ def clear_folder(folder: Path) -> None:
 
 
 def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
-    """Make what the profile's values stand for: the data slice, and weights files."""
+    """Make what the profile's values stand for: the data slice, its copies, weights files."""
     if profile.data_slice is not None:  # prepared copies point at it too
         prepare_folder(data_dir)
         data_slice.prepare(data_dir, profile.data_slice)
-    for weights in {value for lesson in lessons for value in profile.overrides_for(lesson).values()
-                    if isinstance(value, RandomWeights)}:
-        weights.prepare(data_dir)
+    sources = {value for lesson in lessons for value in profile.overrides_for(lesson).values()
+               if isinstance(value, Source)}
+    for source in sorted(sources, key=repr):
+        source.prepare(data_dir, profile.data_slice or data_slice.SliceParams())
+
+
+def kernel_environment(profile: Profile, build_dir: Path) -> dict[str, str]:
+    """What the profile's kernels need in their environment: their start-up, if any."""
+    if not profile.plays_gpu:
+        return {}
+    # IPython runs the files of its profile's startup folder before the notebook's first cell.
+    ipython_dir = build_dir / "ipython-gpu-on-cpu"
+    startup = ipython_dir / "profile_default" / "startup" / "00-play-cudnn-gru.py"
+    startup.parent.mkdir(parents=True, exist_ok=True)
+    startup.write_text(gpu_on_cpu.STARTUP)
+    return {"IPYTHONDIR": str(ipython_dir.resolve())}
 
 
 def added_by_papermill(cell: Any) -> bool:
@@ -235,13 +247,15 @@ def stop_process_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(tree, timeout=10)
 
 
-def run_stoppable(command: list[str], timeout_s: int, **popen: Any) -> str:
-    """Run a papermill `command`: "ok", "failed" or "timeout".
+def run_stoppable(command: list[str], timeout_s: int, env: dict[str, str] | None = None,
+                  **popen: Any) -> str:
+    """Run a papermill `command`, with `env` added to this environment: "ok", "failed" or
+    "timeout".
 
     On a timeout, or a Ctrl-C (which then propagates), its whole process tree is stopped.
     """
     # Keep TensorFlow's C++ start-up chatter out of the executed copies.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     # In a session of its own, papermill does not see a Ctrl-C meant for the caller.
     process = subprocess.Popen(command, env=env, start_new_session=True, **popen)
     try:
@@ -254,7 +268,7 @@ def run_stoppable(command: list[str], timeout_s: int, **popen: Any) -> str:
 
 
 def _execute(notebook: Path, executed: Path, parameters: dict[str, Any], timeout_s: int,
-             prepare_only: bool) -> str:
+             prepare_only: bool, env: dict[str, str]) -> str:
     command = [
         sys.executable, "-m", "papermill", str(notebook), str(executed),
         "--cwd", str(notebook.parent), "--kernel", KERNEL_NAME,
@@ -262,7 +276,7 @@ def _execute(notebook: Path, executed: Path, parameters: dict[str, Any], timeout
         "--progress-bar" if not prepare_only else "--prepare-only",
     ]
     try:
-        return run_stoppable(command, timeout_s)
+        return run_stoppable(command, timeout_s, env)
     except KeyboardInterrupt:
         return "interrupted"
 
@@ -293,6 +307,7 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
         prepare_folder(output_dir)
     prepare_data(profile, [notebook.stem for notebook in notebooks], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
+    env = kernel_environment(profile, build_dir)
 
     results = []
     for number, (notebook, output_dir, parameters) in enumerate(planned, start=1):
@@ -302,7 +317,7 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
         executed = output_dir / notebook.name
         print(f"[{number}/{len(planned)}] {notebook} -> {executed} ({profile.name})", flush=True)
         start = time.monotonic()
-        status = _execute(notebook, executed, parameters, limit, prepare_only)
+        status = _execute(notebook, executed, parameters, limit, prepare_only, env)
         result = Result(notebook, status, time.monotonic() - start, executed,
                         metrics=record.load_metrics(output_dir))
         if status != "ok":

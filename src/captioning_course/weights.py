@@ -24,8 +24,13 @@ class RandomWeights:
     def path(self, data_dir: str | Path) -> Path:
         return Path(data_dir) / "weights" / f"{self.application}_notop_random{self.seed}.weights.h5"
 
-    def prepare(self, data_dir: str | Path) -> Path:
-        """Write the file unless it exists; a half-written file is never left under its name."""
+    def value(self, data_dir: Path, output_dir: Path) -> str:
+        return str(self.path(data_dir).resolve())
+
+    def prepare(self, data_dir: str | Path, data_slice: object = None) -> Path:
+        """Write the file unless it exists; a half-written file is never left under its name.
+
+        `data_slice` is not used: the weights do not depend on the data."""
         target = self.path(data_dir)
         if target.is_file():
             return target
