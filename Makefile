@@ -7,6 +7,12 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do \
 	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' \
 	2>/dev/null && { echo $$p; break; }; done)
+# `make test` also runs the lessons on the oldest supported Python, whose pins differ (Keras
+# 3.12): in its own environment, with the course kernel registered inside it only.
+OLDEST_PYTHON ?= $(shell for p in python3.10 $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10); do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null && { echo $$p; break; }; done)
+OLDEST_VENV := .venv-py3.10
+OLDEST_INSTALLED := $(OLDEST_VENV)/.installed
 # GPU=1 adds TensorFlow's CUDA libraries; by default, when an NVIDIA GPU answers.
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu)
@@ -19,7 +25,7 @@ help:
 	@echo "                        kernel 'Python (captioning course)' [GPU=1] [PYTHON=python3.X]"
 	@echo "make lab                start the course's JupyterLab on labs/"
 	@echo "make execute-solutions  run every solution headless [PROFILE=smoke|rehearsal|full] [NOTEBOOKS=...]"
-	@echo "make test               run the test suite (executes every solution: smoke and rehearsal)"
+	@echo "make test               run the test suite (every solution: smoke, and rehearsal on Python 3.10)"
 	@echo "make check              lint, generated copies up to date, every test that executes no notebook"
 	@echo "make bench              measure decoding, training and feature extraction speeds; build/bench/bench.json"
 	@echo "make grade SUBMISSIONS=dir  grade every student notebook under dir [PROFILE=...]; table in build/grades/"
@@ -47,6 +53,15 @@ endif
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -c "import tensorflow as tf; print('TensorFlow', tf.__version__, 'sees', [d.name for d in tf.config.list_physical_devices()])"
 	touch $@
 
+$(OLDEST_INSTALLED): requirements.txt pyproject.toml
+	@test -n "$(OLDEST_PYTHON)" || { echo "make test also runs the lessons on Python 3.10, the oldest the course supports: install it (e.g. pyenv install 3.10), or name it with OLDEST_PYTHON=..."; exit 1; }
+	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(OLDEST_VENV)/bin/python -m captioning_course.kernel --inside-only
+	touch $@
+
 # Jupyter refuses to run as root unless told; containers often run as root.
 lab: $(INSTALLED)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/labs \
@@ -58,8 +73,8 @@ data: $(INSTALLED)
 execute-solutions: $(INSTALLED)
 	$(PY) -m captioning_course.runner --profile $(PROFILE) $(NOTEBOOKS)
 
-test: $(INSTALLED)
-	$(PY) -m pytest
+test: $(INSTALLED) $(OLDEST_INSTALLED)
+	COURSE_OLDEST_PYTHON=$(OLDEST_VENV)/bin/python $(PY) -m pytest
 
 # The quick loop for an instructor editing a lesson: about a minute.
 check: $(INSTALLED)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,28 +32,51 @@ def tiny_slice_dir(tmp_path_factory) -> Path:
     return data_dir
 
 
-def run_every_solution(profile: profiles.Profile) -> dict[str, runner.Result]:
-    """Every solution executed once under `profile`, as `make execute-solutions` does.
+# The oldest supported Python, in the environment `make test` builds for it (.venv-py3.10).
+OLDEST_PYTHON = Path(os.environ.get("COURSE_OLDEST_PYTHON", REPO / ".venv-py3.10/bin/python"))
+# Runs every solution with the runner of an environment; writes the results as JSON.
+RUN_EVERY_SOLUTION = """
+import dataclasses, json, sys
+from pathlib import Path
+from captioning_course import profiles, runner
+profile, repo, results_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+results = runner.run(sorted((repo / "solutions").glob("*.ipynb")), profiles.get(profile),
+                     repo / "data", repo / "build", repo / "sample_images")
+print(runner.summary_table(results))
+results_file.write_text(json.dumps([{**dataclasses.asdict(r), "notebook": str(r.notebook),
+                                     "executed": str(r.executed)} for r in results]))
+"""
+
+
+def run_every_solution(profile: profiles.Profile, python: Path) -> dict[str, runner.Result]:
+    """Every solution executed once under `profile` by `python`'s environment, as
+    `make execute-solutions` does there.
 
     Executed copies and records stay in build/PROFILE/ for inspection after the tests.
     """
-    notebooks = sorted((REPO / "solutions").glob("*.ipynb"))
-    results = runner.run(notebooks, profile, REPO / "data", REPO / "build",
-                         REPO / "sample_images")
-    print(runner.summary_table(results))
+    if not python.is_file():
+        pytest.fail(f"no Python at {python}: `make test` builds the environments it runs")
+    results_file = REPO / "build" / f"{profile.name}-results.json"
+    results_file.unlink(missing_ok=True)
+    subprocess.run([str(python), "-c", RUN_EVERY_SOLUTION, profile.name, str(REPO),
+                    str(results_file)], cwd=REPO, check=True)
+    results = [runner.Result(**{**r, "notebook": Path(r["notebook"]),
+                                "executed": Path(r["executed"])})
+               for r in json.loads(results_file.read_text())]
     return {result.notebook.stem: result for result in results}
 
 
 @pytest.fixture(scope="session")
 def smoke_run() -> dict[str, runner.Result]:
-    """The course at small scale: it must learn."""
-    return run_every_solution(profiles.SMOKE)
+    """The course at small scale, on the Python of this environment: it must learn."""
+    return run_every_solution(profiles.SMOKE, Path(sys.executable))
 
 
 @pytest.fixture(scope="session")
 def rehearsal_run() -> dict[str, runner.Result]:
-    """The full profile's sizes and code paths on a few dozen images: it must run."""
-    return run_every_solution(profiles.REHEARSAL)
+    """The full profile's sizes and code paths on a few dozen images, on the oldest supported
+    Python with its own pins: it must run."""
+    return run_every_solution(profiles.REHEARSAL, OLDEST_PYTHON)
 
 
 def recorded_metrics(run: dict[str, runner.Result], lesson: str) -> dict:
@@ -73,6 +100,14 @@ def assert_every_sample_photo_captioned(metrics: dict) -> None:
     assert set(metrics["sample_captions"]) == photos
     for captions in metrics["sample_captions"].values():
         assert captions["greedy"] and len(captions["sampled"]) == 3
+
+
+def install_kernel(data_dir: Path) -> str:
+    """`make install`'s kernel registration, with `data_dir` as the user's Jupyter data dir."""
+    out = subprocess.run([sys.executable, "-m", "captioning_course.kernel"], check=True,
+                         capture_output=True, text=True, env={**os.environ,
+                                                              "JUPYTER_DATA_DIR": str(data_dir)})
+    return out.stdout
 
 
 def one_line_error(capsys) -> str:

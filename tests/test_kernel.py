@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from captioning_course.kernel import DISPLAY_NAME, KERNEL_NAME
-from conftest import REPO
+from captioning_course.kernel import DISPLAY_NAME, KERNEL_ENV, KERNEL_NAME
+from conftest import REPO, install_kernel
 
 LESSONS = sorted(p for folder in ("labs", "solutions") for p in (REPO / folder).glob("*.ipynb"))
 WRONG_KERNEL = (f"This notebook needs the kernel '{DISPLAY_NAME}': run `make install` in the "
@@ -47,18 +47,12 @@ print(json.dumps(results))
 """
 
 
-def install_kernel(data_dir: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "captioning_course.kernel"], check=True,
-                         capture_output=True, text=True, env={**os.environ,
-                                                              "JUPYTER_DATA_DIR": str(data_dir)})
-    return out.stdout
-
-
 def test_install_registers_this_environment_for_the_user(tmp_path):
     message = install_kernel(tmp_path)
     spec = json.loads((tmp_path / "kernels" / KERNEL_NAME / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable
     assert spec["display_name"] == DISPLAY_NAME
+    assert spec["env"] == KERNEL_ENV  # students see TensorFlow's errors, not its notices
     assert f"registered for this user: it runs {sys.executable}" in message
 
 
