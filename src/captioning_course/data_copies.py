@@ -15,8 +15,7 @@ reads them with its default code, only pointed at other bytes:
   train, dev and test lists), to be served from `folder.as_uri()`.
 
 Each copy records the slice parameters it was made from and is made again when they change.
-`CocoCaptionsCopy` and `Flickr8kArchives` are the profile values (`profiles.Source`) that
-stand for them.
+`COCO_CAPTIONS_COPY` and `FLICKR8K_ARCHIVES` are the profile values that stand for them.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from captioning_course.data_slice import SPLITS, SliceParams, make_example
@@ -116,17 +116,6 @@ def prepare_coco_captions(folder: str | Path, params: SliceParams) -> Path:
     return folder
 
 
-@dataclasses.dataclass(frozen=True)
-class CocoCaptionsCopy:
-    """A profile value: the TFDS data dir holding the slice as a prepared `coco_captions`."""
-
-    def value(self, data_dir: Path, output_dir: Path) -> str:
-        return str((Path(data_dir) / "coco").resolve())
-
-    def prepare(self, data_dir: Path, data_slice: SliceParams) -> None:
-        prepare_coco_captions(Path(data_dir) / "coco", data_slice)
-
-
 def flickr8k_photo_name(split: str, index: int) -> str:
     """A name in Flickr's form (photo id, underscore, secret), unique across the splits."""
     return f"{1_000_000 * (SPLITS.index(split) + 1) + index}_{index * 7919 % 16**10:010x}.jpg"
@@ -166,12 +155,23 @@ def prepare_flickr8k_archives(folder: str | Path, params: SliceParams) -> Path:
     return folder
 
 
+
 @dataclasses.dataclass(frozen=True)
-class Flickr8kArchives:
-    """A profile value: the `file://` URL of a folder serving the slice as Flickr8k's archives."""
+class SliceCopy:
+    """A profile value (`profiles.Source`): the slice in a real dataset's layout, made by
+    `write` in DATA_DIR/`folder`; the parameter is set to that folder, or to its URL."""
+
+    folder: str
+    write: Callable[[Path, SliceParams], Path]
+    as_url: bool = False
 
     def value(self, data_dir: Path, output_dir: Path) -> str:
-        return (Path(data_dir) / "flickr8k_archives").resolve().as_uri() + "/"
+        path = (Path(data_dir) / self.folder).resolve()
+        return path.as_uri() + "/" if self.as_url else str(path)
 
     def prepare(self, data_dir: Path, data_slice: SliceParams) -> None:
-        prepare_flickr8k_archives(Path(data_dir) / "flickr8k_archives", data_slice)
+        self.write(Path(data_dir) / self.folder, data_slice)
+
+
+COCO_CAPTIONS_COPY = SliceCopy("coco", prepare_coco_captions)  # a TFDS data dir
+FLICKR8K_ARCHIVES = SliceCopy("flickr8k_archives", prepare_flickr8k_archives, as_url=True)

@@ -27,7 +27,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from captioning_course.data_copies import CocoCaptionsCopy, Flickr8kArchives
+from captioning_course.data_copies import COCO_CAPTIONS_COPY, FLICKR8K_ARCHIVES
 from captioning_course.data_slice import NAME as SLICE_NAME
 from captioning_course.data_slice import SliceParams
 from captioning_course.weights import RandomWeights
@@ -102,7 +102,7 @@ SMOKE = Profile(
         },
         "image_captioning_transformer": {
             "DATA_DIR": RunFolder("datasets"),
-            "FLICKR8K_URL": Flickr8kArchives(),
+            "FLICKR8K_URL": FLICKR8K_ARCHIVES,
             "EVAL_IMAGES": 100,
             # Untrained MobileNetV3Small features vanish (std ~4e-10); InceptionResNetV2's do not.
             "ENCODER": "InceptionResNetV2",
@@ -123,15 +123,15 @@ REHEARSAL = Profile(
     data_slice=SliceParams(),
     overrides={
         # COCO through TFDS's own coco_captions builder, from a prepared copy of the slice.
-        "getting_started": {"DATA_DIR": CocoCaptionsCopy()},
+        "getting_started": {"DATA_DIR": COCO_CAPTIONS_COPY},
         "image_captioning": {
-            "DATA_DIR": CocoCaptionsCopy(),
+            "DATA_DIR": COCO_CAPTIONS_COPY,
             "TRAIN_SPLIT": "train[:64]",
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("InceptionResNetV2"),
         },
         "image_captioning_custom_loop": {
-            "DATA_DIR": CocoCaptionsCopy(),
+            "DATA_DIR": COCO_CAPTIONS_COPY,
             "TRAIN_SPLIT": "train[:64]",  # 320 image/caption pairs
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("InceptionV3"),
@@ -139,7 +139,7 @@ REHEARSAL = Profile(
         # Flickr8k through the lesson's own download and unpack code, from archives of the slice.
         "image_captioning_transformer": {
             "DATA_DIR": RunFolder("datasets"),
-            "FLICKR8K_URL": Flickr8kArchives(),
+            "FLICKR8K_URL": FLICKR8K_ARCHIVES,
             "TRAIN_IMAGES": 64,  # 320 image/caption pairs
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("MobileNetV3Small"),
