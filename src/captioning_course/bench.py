@@ -11,12 +11,20 @@
    batch at once), the compiled batched greedy decoder and beam search, each in a process of
    its own, so that each peak memory is its own.
 
+3. The same lesson at the full course's sizes (the rehearsal's: 299x299, width 512, batch 32)
+   on FULL_SIZE_IMAGES images, with the CNN inside the model and from the cache: the ratios
+   from which the lessons estimate their time on a GPU.
+4. A scale curve: the cached pipeline (extraction, then epochs) on slices of SCALE_IMAGES
+   images, each four times the last, with the time per image and the kernel's peak memory of
+   each, to show what grows with the dataset.
+
 Prints a table and writes BUILD_DIR/bench.json. A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -29,9 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
-from captioning_course import profiles, runner
+from captioning_course import data_slice, profiles, runner
 from captioning_course.labs import run_definitions
 
 LESSON = Path("solutions/image_captioning.ipynb")
@@ -40,6 +49,10 @@ DECODE_IMAGES = 32
 DECODE_REPEATS = 5
 BEAM_WIDTH = 3
 DECODERS = ("loop", "loop_batch", "greedy_batched", "beam")
+FULL_SIZE_IMAGES = 256
+SCALE_IMAGES = (400, 1600, 6400)
+# Short runs: two epochs (the first also builds the graph), a few images to score.
+SHORT = {"EPOCHS": 2, "EVAL_IMAGES": 32}
 
 
 class PeakMemory:
@@ -69,11 +82,13 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_lesson(build_dir: Path, parameters: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """The lesson's record and the peak memory (MB) of its kernel, run under the smoke profile."""
+def run_lesson(build_dir: Path, parameters: dict[str, Any],
+               profile: profiles.Profile = profiles.SMOKE, data_dir: Path = Path("data"),
+               ) -> tuple[dict[str, Any], float]:
+    """The lesson's record and the peak memory (MB) of its kernel, run under `profile`."""
     shutil.rmtree(build_dir, ignore_errors=True)  # a fresh feature cache: extraction is timed
     with PeakMemory() as memory:
-        [result] = runner.run([LESSON], profiles.SMOKE, Path("data"), build_dir,
+        [result] = runner.run([LESSON], profile, data_dir, build_dir,
                               Path("sample_images"), extra_parameters=parameters)
     if result.status != "ok":
         raise SystemExit(f"error: the lesson failed in {build_dir}: {result.failure}")
@@ -97,7 +112,7 @@ def measure_decoder(decoder: str, captioner: Path, caption_length: int) -> dict[
     step_model = keras.models.load_model(captioner / "decoder_step.keras")
     vocabulary = json.loads((captioner / "vocabulary.json").read_text())
     size = encoder.input_shape[1]
-    examples = tfds.load(profiles.SMOKE.overrides["*"]["DATASET"], split="test",
+    examples = tfds.load(data_slice.NAME, split="test",
                          data_dir="data").take(DECODE_IMAGES)
     images = np.stack([tf.image.resize(example["image"], (size, size)) / 255.0
                        for example in examples])
@@ -107,7 +122,7 @@ def measure_decoder(decoder: str, captioner: Path, caption_length: int) -> dict[
         lambda words, state, image_features: step_model([words, state, image_features]),
         lambda image_features: tf.zeros([tf.shape(image_features)[0],
                                          step_model.outputs[1].shape[-1]]),
-        vocabulary=vocabulary, max_length=caption_length)
+        vocabulary=vocabulary, max_length=caption_length, models=[step_model])
     lesson = run_definitions(LESSON, ("choose_next", "decode"),
                              {"np": np, "tf": tf, "caption_length": caption_length})
     runs = {
@@ -139,6 +154,47 @@ def decoder_in_own_process(decoder: str, captioner: Path, caption_length: int
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def full_sizes(build_dir: Path) -> dict[str, Any]:
+    """Epoch and extraction times at the full course's sizes, CNN inside and cached."""
+    # The rehearsal's sizes, but Keras as it is on this CPU: timed, not played.
+    profile = dataclasses.replace(profiles.REHEARSAL, plays_gpu=False)
+    runs = {cached: run_lesson(build_dir / f"full-{'cached' if cached else 'cnn'}",
+                               {**SHORT, "TRAIN_SPLIT": f"train[:{FULL_SIZE_IMAGES}]",
+                                "CACHE_FEATURES": cached}, profile)[0]
+            for cached in (False, True)}
+    cnn_epoch, cached_epoch = (steady_epoch_seconds(runs[cached]) for cached in (False, True))
+    extraction = runs[True]["feature_cache"]["extraction_seconds"]
+    return {"images": FULL_SIZE_IMAGES, "epoch_s": {"cnn_in_model": cnn_epoch,
+                                                    "cached": cached_epoch},
+            "extraction_s": extraction,
+            "cached_over_cnn_in_model_epoch": cached_epoch / cnn_epoch,
+            "extraction_over_cnn_in_model_epoch": extraction / cnn_epoch}
+
+
+def scale_curve(build_dir: Path) -> dict[str, Any]:
+    """The cached pipeline on ever larger slices: seconds per image and peak memory of each,
+    and a straight line through the times (a cost per image, and a cost paid once a run)."""
+    data_slice_params = data_slice.SliceParams(train=max(SCALE_IMAGES))
+    profile = dataclasses.replace(profiles.SMOKE, data_slice=data_slice_params)
+    curve = []
+    for images in SCALE_IMAGES:
+        metrics, peak = run_lesson(build_dir / f"scale-{images}",
+                                   {**SHORT, "TRAIN_SPLIT": f"train[:{images}]"}, profile,
+                                   build_dir / "scale-data")
+        extraction = metrics["feature_cache"]["extraction_seconds"]
+        curve.append({"images": images, "extraction_s": extraction,
+                      "epoch_s": steady_epoch_seconds(metrics),
+                      "extraction_ms_per_image": 1000 * extraction / images,
+                      "epoch_ms_per_image": 1000 * steady_epoch_seconds(metrics) / images,
+                      "peak_memory_mb": peak})
+    images = [point["images"] for point in curve]
+    fits = {}
+    for step in ("extraction", "epoch"):
+        per_image, once = np.polyfit(images, [point[f"{step}_s"] for point in curve], 1)
+        fits[step] = {"ms_per_image": 1000 * per_image, "once_s": once}
+    return {"points": curve, "fit": fits}
+
+
 def bench(build_dir: Path) -> dict[str, Any]:
     cnn_metrics, cnn_peak = run_lesson(
         build_dir / "cnn_in_model", {"CACHE_FEATURES": False, "EPOCHS": CNN_IN_MODEL_EPOCHS})
@@ -162,6 +218,8 @@ def bench(build_dir: Path) -> dict[str, Any]:
         "lesson_seconds": {"cnn_in_model": cnn_metrics["seconds"],
                            "cached": cached_metrics["seconds"]},
         "decode_images": DECODE_IMAGES,
+        "full_sizes": full_sizes(build_dir),
+        "scale": scale_curve(build_dir),
     }
 
 
@@ -183,6 +241,22 @@ def table(results: dict[str, Any]) -> str:
               for name, value, mb in rows]
     lines.append(f"compiled greedy vs loop: {rate['greedy_batched'] / rate['loop']:.0f}x; "
                  f"cached vs CNN-in-model epochs: {epochs['cnn_in_model'] / epochs['cached']:.0f}x")
+    full = results["full_sizes"]
+    lines.append(f"at full sizes ({full['images']} images, 299x299): an epoch takes "
+                 f"{full['epoch_s']['cnn_in_model']:.1f} s with the CNN inside, "
+                 f"{full['epoch_s']['cached']:.2f} s cached "
+                 f"({full['cached_over_cnn_in_model_epoch']:.3f} of it); extraction "
+                 f"{full['extraction_s']:.1f} s ({full['extraction_over_cnn_in_model_epoch']:.2f} "
+                 "of a CNN-inside epoch)")
+    lines.append(f"{'scale: images':20} {'extraction ms/image':>20} {'epoch ms/image':>15} "
+                 f"{'peak MB':>8}")
+    lines += [f"{point['images']:20} {point['extraction_ms_per_image']:20.1f} "
+              f"{point['epoch_ms_per_image']:15.2f} {point['peak_memory_mb']:8.0f}"
+              for point in results["scale"]["points"]]
+    fit = results["scale"]["fit"]
+    lines.append("a straight line through them: " + "; ".join(
+        f"{step} {fit[step]['ms_per_image']:.2f} ms per image + {fit[step]['once_s']:.1f} s once"
+        for step in ("extraction", "epoch")))
     return "\n".join(lines)
 
 
