@@ -49,7 +49,7 @@ SHAPE_CATEGORIES = {"circle": "sports ball", "square": "tv", "triangle": "kite"}
 COCO_NAME = "coco_captions"
 MADE_FROM = "made_from_slice.json"  # the slice parameters a copy was made from
 
-FLICKR8K_ARCHIVES = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
+FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
 FLICKR8K_PHOTOS = "Flicker8k_Dataset"  # sic: the authors' spelling
 FLICKR8K_TOKENS = "Flickr8k.token.txt"
 FLICKR8K_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
@@ -135,7 +135,7 @@ def prepare_flickr8k_archives(folder: str | Path, params: SliceParams) -> Path:
         return folder
     folder.mkdir(parents=True)
     tokens, lists = [], {split: [] for split in SPLITS}
-    with zipfile.ZipFile(folder / FLICKR8K_ARCHIVES[0], "w") as photos:
+    with zipfile.ZipFile(folder / FLICKR8K_ZIPS[0], "w") as photos:
         for split in SPLITS:
             for index in range(params.split_size(split)):
                 example = make_example(params, split, index)
@@ -146,14 +146,13 @@ def prepare_flickr8k_archives(folder: str | Path, params: SliceParams) -> Path:
                 lists[split].append(name)
                 tokens += [f"{name}#{number}\t{flickr8k_caption(text)}"
                            for number, text in enumerate(example["captions"]["text"])]
-    with zipfile.ZipFile(folder / FLICKR8K_ARCHIVES[1], "w") as texts:
+    with zipfile.ZipFile(folder / FLICKR8K_ZIPS[1], "w") as texts:
         texts.writestr(FLICKR8K_TOKENS, "\n".join(tokens) + "\n")
         for split, list_file in FLICKR8K_LISTS.items():
             texts.writestr(list_file, "\n".join(lists[split]) + "\n")
     _mark_made(folder, params)
-    print(f"Flickr8k archives: wrote the slice as {', '.join(FLICKR8K_ARCHIVES)} in {folder}")
+    print(f"Flickr8k archives: wrote the slice as {', '.join(FLICKR8K_ZIPS)} in {folder}")
     return folder
-
 
 
 @dataclasses.dataclass(frozen=True)
