@@ -69,6 +69,35 @@ def test_a_marker_error_writes_nothing(tmp_path):
     assert not (tmp_path / "solutions").exists() and not (tmp_path / "labs").exists()
 
 
+LESSON_CELLS = (
+    "%matplotlib inline\nimport math\nSIDE_EFFECT = []",
+    "!echo downloading\nSIDE_EFFECT.append('ran')\n\ndef area(r):\n    return math.pi * r * r",
+    "class Circle:\n    def __init__(self, r):\n        self.area = area(r)\n\nCIRCLE = Circle(1)",
+    "class Disc(Circle):\n    pass",
+)
+
+
+def test_run_definitions_runs_only_the_named_statements_of_cells_with_magics(tmp_path):
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(notebook(*LESSON_CELLS), path)
+    import math
+
+    found = labs.run_definitions(path, ("Disc", "area", "Circle"), {"math": math})
+    assert found["Disc"](2).area == pytest.approx(4 * math.pi)
+    assert "SIDE_EFFECT" not in found and "CIRCLE" not in found
+
+
+@pytest.mark.parametrize("cells, names, message", [
+    (LESSON_CELLS, ("area", "perimeter"), "defines 'perimeter' 0 times"),
+    (LESSON_CELLS[1:2] * 2, ("area",), "defines 'area' 2 times"),
+])
+def test_run_definitions_names_a_missing_or_repeated_definition(tmp_path, cells, names, message):
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(notebook(*cells), path)
+    with pytest.raises(LookupError, match=message):
+        labs.run_definitions(path, names, {})
+
+
 def test_main_lesson_has_five_exercises():
     main = REPO / "notebooks" / "image_captioning.ipynb"
     assert main in WITH_EXERCISES

@@ -146,16 +146,37 @@ def solution_and_lab(nb: nbformat.NotebookNode, where: str = "notebook"
 
 
 def run_definitions(notebook: Path, names: tuple[str, ...], namespace: dict) -> dict:
-    """Execute in `namespace` the code cells of `notebook` that define a function or class
-    named in `names`, and return it: lessons keep their code in the notebook, so tests and
-    benchmarks take it from there rather than from a copy that could drift."""
+    """Execute in `namespace` the `def` and `class` statements of `notebook` named in
+    `names`, and return it: lessons keep their code in the notebook, so tests and benchmarks
+    take it from there rather than from a copy that could drift.
+
+    Only those statements run, not the rest of their cells; `namespace` provides what they
+    use (imports, constants). Cells are read as IPython reads them, so `%magics` and
+    `!commands` elsewhere in a cell do not stop the parsing. A name that the notebook does
+    not define, or defines twice, raises LookupError.
+    """
     import ast
 
-    for cell in nbformat.read(notebook, as_version=4).cells:
-        if cell.cell_type == "code" and any(
-                isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in names
-                for node in ast.parse(cell.source).body):
-            exec(compile(cell.source, str(notebook), "exec"), namespace)  # noqa: S102
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    python = TransformerManager()
+    found: dict[str, list[tuple[int, ast.stmt]]] = {name: [] for name in names}
+    for index, cell in enumerate(nbformat.read(notebook, as_version=4).cells):
+        if cell.cell_type != "code":
+            continue
+        for node in ast.parse(python.transform_cell(cell.source)).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
+                    node.name in found):
+                found[node.name].append((index, node))
+    for name, nodes in found.items():
+        if len(nodes) != 1:
+            raise LookupError(f"{notebook.name} defines {name!r} {len(nodes)} times, not once")
+    # In notebook order, so that a class defined after another may subclass it.
+    statements = sorted((nodes[0] for nodes in found.values()),
+                        key=lambda found_at: (found_at[0], found_at[1].lineno))
+    for _, node in statements:
+        module = ast.Module(body=[node], type_ignores=[])
+        exec(compile(module, str(notebook), "exec"), namespace)  # noqa: S102
     return namespace
 
 
