@@ -1,103 +1,34 @@
-"""Self-checks of the Transformer lesson: they pass on the solution and its equivalent forms,
-and name each typical wrong answer (written here as a small variant) in its own words."""
+"""Self-checks of image_captioning_transformer: they pass on the lesson's own code and its
+equivalent forms, and name each typical wrong answer (a small variant of that code) in its own
+words."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
-import re
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers, ops
+from keras import ops
+from test_check_core import fails_with, passes
 
 from captioning_course import check, grade
-from captioning_course.check import SelfCheckFailed
+from captioning_course.check import image_captioning_transformer as lesson_checks
+from conftest import REPO, edited_definitions, notebook_definitions
 
-# The lesson's code, standing in for the notebook's -------------------------------------------
+LESSON_3 = REPO / "solutions" / "image_captioning_transformer.ipynb"
+LESSON = notebook_definitions(LESSON_3, "CausalSelfAttention", "CrossAttention", "FeedForward",
+                              "DecoderLayer", "log_frequency_bias", "masked_loss", "masked_acc")
+# The lesson reads [UNK]'s id from its vocabulary; the checks' fixed batch has it at 1.
+UNKNOWN_ID = LESSON["unknown_id"] = lesson_checks.CAPTION_UNKNOWN_ID
+CausalSelfAttention, CrossAttention, DecoderLayer = (
+    LESSON[name] for name in ("CausalSelfAttention", "CrossAttention", "DecoderLayer"))
+log_frequency_bias, masked_loss, masked_acc = (
+    LESSON[name] for name in ("log_frequency_bias", "masked_loss", "masked_acc"))
 
-
-class CausalSelfAttention(layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.mha = layers.MultiHeadAttention(**kwargs)
-        self.add = layers.Add()
-        self.layernorm = layers.LayerNormalization()
-
-    def call(self, x):
-        attention = self.mha(query=x, value=x, use_causal_mask=True)
-        return self.layernorm(self.add([x, attention]))
-
-
-class CrossAttention(layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.mha = layers.MultiHeadAttention(**kwargs)
-        self.add = layers.Add()
-        self.layernorm = layers.LayerNormalization()
-
-    def call(self, x, context):
-        attention, scores = self.mha(query=x, value=context, return_attention_scores=True)
-        self.last_attention_scores = scores
-        return self.layernorm(self.add([x, attention]))
-
-
-class FeedForward(layers.Layer):
-    def __init__(self, units, dropout_rate=0.1):
-        super().__init__()
-        self.seq = keras.Sequential([layers.Dense(2 * units, activation="relu"),
-                                     layers.Dense(units), layers.Dropout(dropout_rate)])
-        self.add = layers.Add()
-        self.layernorm = layers.LayerNormalization()
-
-    def call(self, x):
-        return self.layernorm(self.add([x, self.seq(x)]))
-
-
-class DecoderLayer(layers.Layer):
-    def __init__(self, units, num_heads=1, dropout_rate=0.1):
-        super().__init__()
-        self.self_attention = CausalSelfAttention(num_heads=num_heads, key_dim=units,
-                                                  dropout=dropout_rate)
-        self.cross_attention = CrossAttention(num_heads=num_heads, key_dim=units,
-                                              dropout=dropout_rate)
-        self.feed_forward = FeedForward(units, dropout_rate)
-
-    def call(self, text, image):
-        text = self.self_attention(text)
-        text = self.cross_attention(text, image)
-        self.last_attention_scores = self.cross_attention.last_attention_scores
-        return self.feed_forward(text)
-
-
-def log_frequency_bias(counts, banned_ids):
-    counts = np.array(counts, dtype="float64")
-    counts[list(banned_ids)] = 0
-    probabilities = counts / counts.sum()
-    return np.log(probabilities, out=np.full(len(counts), -1e9), where=counts > 0)
-
-
-unknown_id = 1
-
-
-def masked_loss(labels, logits):
-    per_token = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    mask = ops.cast((labels != 0) & (labels != unknown_id), per_token.dtype)
-    return ops.sum(per_token * mask) / ops.sum(mask)
-
-
-def masked_acc(labels, logits):
-    predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
-    mask = ops.cast((labels != 0) & (labels != unknown_id), "float32")
-    hits = ops.cast(predicted == labels, "float32") * mask
-    return ops.sum(hits) / ops.sum(mask)
-
-
-# Helpers ------------------------------------------------------------------------------------
 
 def variant(base: type, body: str) -> type:
     """The lesson's class `base` with a call of the same arguments whose body is `body`."""
@@ -105,22 +36,6 @@ def variant(base: type, body: str) -> type:
     namespace = {"ops": ops, "np": np}
     exec(f"def call({arguments}):\n" + textwrap.indent(body, "    "), namespace)
     return type(base.__name__, (base,), {"call": namespace["call"]})
-
-
-@contextlib.contextmanager
-def fails_with(prefix: str, message: str):
-    """The check fails with one line starting with `prefix` and containing `message`."""
-    with pytest.raises(SelfCheckFailed) as failure:
-        yield
-    text = str(failure.value)
-    assert "\n" not in text, text
-    assert text.startswith(prefix + ": "), text
-    assert re.search(message, text), text
-
-
-def passes(capsys, *numbers: int) -> None:
-    printed = capsys.readouterr().out
-    assert re.findall(r"^PASS Exercise (\d+) ", printed, flags=re.M) == [str(n) for n in numbers]
 
 
 def cases(table: dict) -> dict:
@@ -200,7 +115,7 @@ def test_causal_self_attention_accepts_equivalent_forms(body, capsys):
               "use keras.ops, not NumPy"),
 }))
 def test_causal_self_attention_wrong_answers(body, message):
-    with fails_with(EX1, message):
+    with fails_with(message, EX1):
         check.causal_self_attention(variant(CausalSelfAttention, body))
 
 
@@ -254,7 +169,7 @@ def test_cross_attention_accepts_equivalent_forms(body, capsys):
     "unanswered": (UNANSWERED, "the layer raised NotImplementedError"),
 }))
 def test_cross_attention_wrong_answers(body, message):
-    with fails_with(EX2, message):
+    with fails_with(message, EX2):
         check.cross_attention(variant(CrossAttention, body))
 
 
@@ -317,7 +232,7 @@ def test_decoder_layer_accepts_equivalent_forms(body, capsys):
     "unanswered": (UNANSWERED, "the layer raised NotImplementedError"),
 }))
 def test_decoder_layer_wrong_answers(body, message):
-    with fails_with(EX3, message):
+    with fails_with(message, EX3):
         check.decoder_layer(variant(DecoderLayer, body))
 
 
@@ -348,57 +263,51 @@ def test_log_frequency_bias_accepts_equivalent_forms(fn, capsys):
     passes(capsys, 4)
 
 
-def bias(transform):
-    """log_frequency_bias with the solution's probabilities computed, then `transform`ed."""
-    def fn(counts, banned_ids):
-        counts = np.array(counts, dtype="float64")
-        counts[list(banned_ids)] = 0
-        return transform(counts / counts.sum(), counts)
-
-    return fn
+BIAS_RETURN = "return np.log(probabilities, out=np.full(len(counts), -1e9), where=counts > 0)"
+BANNED_ZEROED = "counts[list(banned_ids)] = 0"
 
 
-def in_place(counts, banned_ids):
-    counts[list(banned_ids)] = 0
-    return log_frequency_bias(counts, banned_ids)
+def returning(expression: str) -> tuple[str, str]:
+    """The edit by which the lesson's log_frequency_bias returns `expression` instead."""
+    return BIAS_RETURN, f"return {expression}"
 
 
-def tuple_index(counts, banned_ids):
-    counts = np.array(counts, dtype="float64")
-    counts[banned_ids] = 0
-    return np.log(counts / counts.sum(), out=np.full(len(counts), -1e9), where=counts > 0)
-
-
-@pytest.mark.parametrize("fn,message", **cases({
-    "probabilities": (bias(lambda p, counts: p), "these are probabilities, not log-prob"),
-    "banned-probabilities": (bias(lambda p, counts: np.where(counts > 0, p, -1e9)),
+@pytest.mark.parametrize("replace,message", **cases({
+    "probabilities": (returning("probabilities"), "these are probabilities, not log-prob"),
+    "banned-probabilities": (returning("np.where(counts > 0, probabilities, -1e9)"),
                              "these are probabilities"),
-    "minus-inf": (bias(np.log), r"some biases are -inf \(ids \[0, 1, 3, 4, 7, 10\]\): use a "
-                                "large finite negative number such as -1e9"),
-    "nan": (bias(lambda p, counts: np.where(counts > 0, np.log(p), np.nan)), "NaN or infinite"),
-    "zero-for-banned": (bias(lambda p, counts: np.log(p, out=np.zeros(12), where=counts > 0)),
+    "minus-inf": (returning("np.log(probabilities)"),
+                  r"some biases are -inf \(ids \[0, 1, 3, 4, 7, 10\]\): use a large finite "
+                  "negative number such as -1e9"),
+    "nan": (returning("np.where(counts > 0, np.log(probabilities), np.nan)"), "NaN or infinite"),
+    "zero-for-banned": (returning("np.log(probabilities, out=np.zeros(len(counts)), "
+                                  "where=counts > 0)"),
                         r"banned tokens are not banned: ids \(0, 1, 3\) get \[0.0, 0.0, 0.0\]"),
-    "banned-not-banned": (lambda counts, ids: np.log(counts / counts.sum(), out=np.full(
-        12, -1e9), where=counts > 0), r"banned tokens are not banned: ids \(0, 1, 3\) get \[-0.1"),
-    "hard-coded-ids": (lambda counts, ids: log_frequency_bias(counts, [0, 1, 2]),
+    "banned-not-banned": ((f"    {BANNED_ZEROED}\n", ""),
+                          r"banned tokens are not banned: ids \(0, 1, 3\) get \[-0.1"),
+    "hard-coded-ids": ((BANNED_ZEROED, "counts[[0, 1, 2]] = 0"),
                        r"banned tokens are not banned: .* \[-1000000000.0, -1000000000.0, -0.92\]"),
-    "unseen-get-zero": (bias(lambda p, counts: np.log(p + (counts == 0)) - 1e9 * np.isin(
-        np.arange(12), [0, 1, 3])), r"never-seen tokens get \[0.0, 0.0, 0.0\]: give every token"),
-    "one-more-banned": (lambda counts, ids: log_frequency_bias(counts, [*ids, 2]),
+    "unseen-get-zero": (returning("np.log(probabilities + (counts == 0)) - 1e9 * np.isin("
+                                  "np.arange(len(counts)), [0, 1, 3])"),
+                        r"never-seen tokens get \[0.0, 0.0, 0.0\]: give every token"),
+    "one-more-banned": ((BANNED_ZEROED, "counts[[*banned_ids, 2]] = 0"),
                         r"ids \[2\] are banned though they are seen and not in banned_ids"),
-    "log10": (bias(lambda p, counts: np.log10(p, out=np.full(12, -1e9), where=counts > 0)),
+    "log10": (("np.log(probabilities", "np.log10(probabilities"),
               "softmax.biases. is not the tokens' frequencies"),
-    "in-place": (in_place, "the caller's counts are changed in place: work on a copy"),
-    "too-short": (bias(lambda p, counts: np.log(p[:-1], out=np.full(11, -1e9),
-                                                where=counts[:-1] > 0)),
+    "in-place": (('    counts = np.array(counts, dtype="float64")\n', ""),
+                 "the caller's counts are changed in place: work on a copy"),
+    "too-short": (returning("np.log(probabilities[:-1], out=np.full(len(counts) - 1, -1e9), "
+                            "where=counts[:-1] > 0)"),
                   r"the result has shape \(11,\); expected \(12,\)"),
-    "tuple-index": (tuple_index, "IndexError.*banned_ids is a tuple, which indexes several "
-                                 r"axes; index with a list, counts\[list\(banned_ids\)\]"),
-    "returns-nothing": (bias(lambda p, counts: None), "log_frequency_bias returns None"),
+    "tuple-index": ((BANNED_ZEROED, "counts[banned_ids] = 0"),
+                    "IndexError.*banned_ids is a tuple, which indexes several axes; index with a "
+                    r"list, counts\[list\(banned_ids\)\]"),
+    "returns-nothing": (returning("None"), "log_frequency_bias returns None"),
 }))
-def test_log_frequency_bias_wrong_answers(fn, message):
-    with fails_with(EX4, message):
-        check.log_frequency_bias(fn)
+def test_log_frequency_bias_wrong_answers(replace, message):
+    wrong = edited_definitions(LESSON_3, ("log_frequency_bias",), {"np": np}, replace)
+    with fails_with(message, EX4):
+        check.log_frequency_bias(wrong["log_frequency_bias"])
 
 
 # Exercises 5 and 6: the loss and the accuracy ------------------------------------------------
@@ -407,18 +316,20 @@ EX5, EX6 = "Exercise 5 (masked_loss)", "Exercise 6 (masked_acc)"
 
 
 def test_loss_and_accuracy_mistakes_give_clearly_different_values():
-    for variants, mistakes in [(check.caption_loss_variants(), check.CAPTION_LOSS_MISTAKES),
-                               (check.caption_accuracy_variants(), check.CAPTION_ACC_MISTAKES)]:
+    for variants, mistakes in [
+            (lesson_checks.caption_loss_variants(), lesson_checks.CAPTION_LOSS_MISTAKES),
+            (lesson_checks.caption_accuracy_variants(), lesson_checks.CAPTION_ACC_MISTAKES)]:
         for (a, x), (b, y) in itertools.combinations(variants.items(), 2):
             assert abs(x - y) > 0.1 * max(abs(x), abs(y)), (a, x, b, y)
         assert set(variants) - {"correct"} == set(mistakes)
-    per_token = keras.losses.sparse_categorical_crossentropy(
-        check.CAPTION_LABELS, check.CAPTION_LOGITS, from_logits=True).numpy()
-    real = check.CAPTION_LABELS > 1
-    np.testing.assert_allclose(per_token[real], check.CAPTION_PER_TOKEN_LOSS[real], rtol=1e-5)
+    labels, logits = lesson_checks.CAPTION_LABELS, lesson_checks.CAPTION_LOGITS
+    per_token = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                             from_logits=True).numpy()
+    real = labels > 1
+    np.testing.assert_allclose(per_token[real], lesson_checks.CAPTION_PER_TOKEN_LOSS[real],
+                               rtol=1e-5)
     assert (per_token[~real] > 1e8).all()
-    hits = check.CAPTION_LOGITS.argmax(-1) == check.CAPTION_LABELS
-    assert np.array_equal(hits, check.CAPTION_HITS == 1)
+    assert np.array_equal(logits.argmax(-1) == labels, lesson_checks.CAPTION_HITS == 1)
 
 
 def per_token(labels, logits, from_logits=True):
@@ -431,7 +342,7 @@ def mean_over(values, mask):
 
 
 def real(labels, logits=None):
-    return ops.logical_and(ops.not_equal(labels, 0), ops.not_equal(labels, unknown_id))
+    return ops.logical_and(ops.not_equal(labels, 0), ops.not_equal(labels, UNKNOWN_ID))
 
 
 def loss_with(mask_of=real, from_logits=True):
@@ -505,7 +416,7 @@ def masked(values, labels):
     "raises": (lambda labels, logits: 1 / 0, "masked_loss on int64 labels raised Zero"),
 }))
 def test_masked_loss_wrong_answers(loss, message, capsys):
-    with fails_with(EX5, message):
+    with fails_with(message, EX5):
         check.masked_loss_and_accuracy(loss, masked_acc)
     passes(capsys)
 
@@ -536,6 +447,6 @@ def test_masked_loss_wrong_answers(loss, message, capsys):
 }))
 def test_masked_acc_wrong_answers(accuracy, message, capsys):
     """The loss is right, so exercise 5 passes before exercise 6 fails."""
-    with fails_with(EX6, message):
+    with fails_with(message, EX6):
         check.masked_loss_and_accuracy(masked_loss, accuracy)
     passes(capsys, 5)

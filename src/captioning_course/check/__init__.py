@@ -1,0 +1,49 @@
+"""Self-checks for the lab exercises: run a student's object on a tiny fixed input.
+
+Each check prints one line starting with "PASS" when the answer behaves like the solution,
+and otherwise raises `SelfCheckFailed` with one line saying what is wrong and where to look,
+so a lab stops at the exercise that needs work instead of failing later in a confusing way.
+An exception raised inside the student's code becomes such a line too, naming the exception.
+Checks take seconds on a CPU, need no dataset, and use public Keras APIs only.
+
+The lessons call `check.NAME(...)`; each lesson's checks live in the module named after its
+notebook, and what they share in `core`.
+"""
+
+from captioning_course.check.core import SelfCheckFailed
+from captioning_course.check.image_captioning import (
+    attention,
+    decode,
+    ds_fn,
+    masked_loss,
+    tokenizer,
+)
+from captioning_course.check.image_captioning_custom_loop import (
+    bahdanau_attention,
+    decoder_step,
+    teacher_forcing,
+)
+from captioning_course.check.image_captioning_transformer import (
+    causal_self_attention,
+    cross_attention,
+    decoder_layer,
+    log_frequency_bias,
+    masked_loss_and_accuracy,
+)
+
+__all__ = [
+    "SelfCheckFailed",
+    "attention",
+    "bahdanau_attention",
+    "causal_self_attention",
+    "cross_attention",
+    "decode",
+    "decoder_layer",
+    "decoder_step",
+    "ds_fn",
+    "log_frequency_bias",
+    "masked_loss",
+    "masked_loss_and_accuracy",
+    "teacher_forcing",
+    "tokenizer",
+]
