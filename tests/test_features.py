@@ -1,4 +1,5 @@
-"""The feature cache: a faithful round trip, reuse under the same key only, no half-done cache."""
+"""The feature cache: a faithful round trip, reuse under the same key only, no half-done cache,
+one extraction at a time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -16,6 +18,8 @@ from captioning_course import features
 from captioning_course.features import cached_features, model_fingerprint
 
 NAME = "tiny_train"
+# Left in place after an extraction: removing it would let two extractions hold it at once.
+LOCK = f".{NAME}.lock"
 BATCH = 4
 # 10 images in batches of 4: the 2nd batch is mid-way, the 3rd a short one.
 CAPTION_COUNTS = [2, 1, 3, 0, 2, 5, 1, 1, 4, 2]
@@ -104,7 +108,11 @@ def assert_cache_holds(cached: features.CachedFeatures, model: keras.Model) -> N
 
 def folder_contents(tmp_path) -> dict[str, bytes]:
     return {str(p.relative_to(tmp_path)): p.read_bytes()
-            for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+            for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != LOCK}
+
+
+def left_behind(tmp_path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK)
 
 
 def shard_files(cached: features.CachedFeatures) -> list:
@@ -147,7 +155,7 @@ def test_round_trip_then_reuse(tmp_path, capsys, cnn):
     assert out.startswith(f"Reusing CNN features of 10 images from {first.path} (")
     assert out.count("\n") == 1
     assert_cache_holds(again, cnn)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]  # no temporary folder left
+    assert left_behind(tmp_path) == [NAME]  # no temporary folder
 
 
 def test_a_changed_key_rebuilds_and_names_the_change(tmp_path, capsys, cnn):
@@ -163,7 +171,7 @@ def test_a_changed_key_rebuilds_and_names_the_change(tmp_path, capsys, cnn):
         f"Recomputing the grid features in {tmp_path / NAME}: "
         'version changed ("1.0.0" -> "1.1.0"), encoder changed, augment added (false).')
     assert_cache_holds(rebuilt, other)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+    assert left_behind(tmp_path) == [NAME]
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), RuntimeError("GPU fell over")],
@@ -179,7 +187,7 @@ def test_an_interrupted_extraction_leaves_nothing_behind(tmp_path, capsys, cnn, 
     with pytest.raises(type(failure)):
         build(tmp_path, Encoder(cnn, fail=failure, on=2), key_for(cnn))
     assert folder_contents(tmp_path) == before  # the earlier cache intact, or nothing at all
-    assert sorted(p.name for p in tmp_path.iterdir()) == ([NAME] if earlier_cache else [])
+    assert left_behind(tmp_path) == ([NAME] if earlier_cache else [])
     if earlier_cache:
         capsys.readouterr()
         kept = build(tmp_path, Encoder(other), key_for(other))
@@ -192,20 +200,78 @@ def test_an_interrupted_extraction_leaves_nothing_behind(tmp_path, capsys, cnn, 
     assert_cache_holds(complete, cnn)
 
 
-def test_leftovers_of_dead_processes_are_removed(tmp_path, cnn):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    dead_partial = tmp_path / f".{NAME}.partial-{dead.pid}-0123abcd"
-    dead_old = tmp_path / f".{NAME}.old-{dead.pid}-0123abcd"
-    alive = tmp_path / f".{NAME}.partial-{os.getpid()}-89abcdef"  # another thread's, say
-    other_cache = tmp_path / f".other.partial-{dead.pid}-0123abcd"
-    for leftover in (dead_partial, dead_old, alive, other_cache):
+def test_leftovers_of_interrupted_extractions_are_removed_by_the_next(tmp_path, cnn):
+    own = [tmp_path / f".{NAME}.partial-0123abcd", tmp_path / f".{NAME}.old-89abcdef"]
+    # Another cache's: one named "other", and one named "tiny_train.partial-ab".
+    others = [tmp_path / ".other.partial-0123abcd", tmp_path / f".{NAME}.partial-ab.old-0123abcd"]
+    for leftover in (*own, *others):
         leftover.mkdir()
         (leftover / "shard-00000.tfrecord").write_bytes(b"half")
 
     build(tmp_path, Encoder(cnn), key_for(cnn))
-    assert not dead_partial.exists() and not dead_old.exists()
-    assert alive.exists() and other_cache.exists()
+    assert [p.exists() for p in own] == [False, False]
+    assert [p.exists() for p in others] == [True, True]
+
+
+# Extracts the features of six tiny images as ROLE, with a fake encoder that notes each call.
+# The first one to start waits, once extracting, until the test lets it finish.
+EXTRACTION = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+from captioning_course.features import cached_features
+
+signals, role = Path(sys.argv[1]), sys.argv[2]
+
+def encode(images):
+    with open(signals / "encoded", "a") as calls:
+        calls.write(role + "\\n")
+    (signals / f"{role} is extracting").touch()
+    while role == "first" and not (signals / "finish").exists():
+        time.sleep(0.05)
+    return np.asarray(images)[:, :2, :2, :] * 2
+
+images = np.linspace(0, 1, 6 * 4 * 4 * 3, dtype=np.float32).reshape(6, 4, 4, 3)
+examples = tf.data.Dataset.from_tensor_slices({"image": images, "id": np.arange(6)})
+cached = cached_features(examples, encode, name="shared", key={"encoder": "fake"},
+                         folder=signals / "caches", batch_size=2, total=6)
+np.save(signals / f"{role}.npy", np.stack([e["features"].numpy() for e in cached.dataset]))
+"""
+
+
+def test_a_second_extraction_of_one_cache_waits_for_the_first_and_reuses_it(tmp_path):
+    def start(role: str) -> subprocess.Popen:
+        with (tmp_path / f"{role}.log").open("w") as log:
+            return subprocess.Popen([sys.executable, "-c", EXTRACTION, str(tmp_path), role],
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    def wait_for(what: str, happened) -> None:
+        deadline = time.monotonic() + 120
+        while not happened():
+            assert time.monotonic() < deadline, f"{what} never happened; " + "\n".join(
+                (tmp_path / f"{role}.log").read_text() for role in started)
+            time.sleep(0.1)
+
+    started = {}
+    try:
+        started["first"] = start("first")
+        wait_for("the first extraction", (tmp_path / "first is extracting").exists)
+        started["second"] = start("second")
+        wait_for("the second one's wait",
+                 lambda: "Waiting for another process" in (tmp_path / "second.log").read_text())
+        (tmp_path / "finish").touch()
+        assert [process.wait(timeout=120) for process in started.values()] == [0, 0]
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+    assert (tmp_path / "encoded").read_text().split() == ["first"] * 3  # 6 images, batches of 2
+    second = (tmp_path / "second.log").read_text()
+    assert "Reusing CNN features of 6 images from" in second and "Computing" not in second
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
+    assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == [".shared.lock", "shared"]
 
 
 @pytest.mark.parametrize("damage", ["delete shard", "truncate shard", "delete manifest",
@@ -283,7 +349,7 @@ def test_fingerprint_follows_weights_not_layer_names():
 def test_a_wrong_total_is_refused(tmp_path, cnn, total, message):
     with pytest.raises(ValueError, match=message):
         build(tmp_path, Encoder(cnn), key_for(cnn), total=total)
-    assert list(tmp_path.iterdir()) == []
+    assert left_behind(tmp_path) == []
 
 
 def test_a_wrong_total_of_a_sized_dataset_is_refused_before_encoding(tmp_path, cnn):
@@ -307,7 +373,7 @@ def test_empty_examples_are_refused(tmp_path, cnn):
     with pytest.raises(ValueError, match="no examples to encode"):
         cached_features(dataset([]), Encoder(cnn), name=NAME, key=key_for(cnn),
                         folder=tmp_path, batch_size=BATCH)
-    assert list(tmp_path.iterdir()) == []
+    assert left_behind(tmp_path) == []
 
 
 def test_an_encoder_that_loses_the_batch_dimension_is_refused(tmp_path, cnn):
@@ -317,7 +383,7 @@ def test_an_encoder_that_loses_the_batch_dimension_is_refused(tmp_path, cnn):
     with pytest.raises(ValueError, match=r"shape \(1, 2, 2, 3\) for images of shape "
                                          r"\(4, 16, 16, 3\)"):
         build(tmp_path, first_image_only, key_for(cnn))
-    assert list(tmp_path.iterdir()) == []
+    assert left_behind(tmp_path) == []
 
 
 def test_features_beyond_float16_are_refused(tmp_path, cnn):

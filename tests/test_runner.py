@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import psutil
 import pytest
 from papermill.cli import _resolve_type as papermill_type
 
-from captioning_course import record, runner
+from captioning_course import execution, parameters, record, runner
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
 from captioning_course.weights import RandomWeights
@@ -119,7 +120,7 @@ def test_unknown_parameter_is_refused_before_running(tmp_path):
     notebook = write_notebook(tmp_path, "plain", PARAMETERS)
     profile = Profile(name="typo", description="", timeout_s=300, data_slice=None,
                       overrides={"plain": {"SCLAE": 3}})
-    with pytest.raises(runner.UnknownParameterError, match="SCLAE.*plain.ipynb"):
+    with pytest.raises(parameters.UnknownParameterError, match="SCLAE.*plain.ipynb"):
         run_one(notebook, tmp_path / "build", profile)
     assert not (tmp_path / "build" / "typo").exists()
 
@@ -176,7 +177,7 @@ def test_command_line_parameters_are_typed_like_papermills(tmp_path, monkeypatch
 @pytest.mark.parametrize("text", ["7", "-2", "1.5", "1e3", "True", "False", "None", "true",
                                   "abc", ""])
 def test_parameter_value_follows_papermill(text):
-    value = runner.parameter_value(text)
+    value = parameters.parameter_value(text)
     assert (type(value), value) == (type(papermill_type(text)), papermill_type(text))
 
 
@@ -195,7 +196,7 @@ def no_kernel(monkeypatch):
     """Fail the test if the runner gets as far as starting papermill."""
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel was started")
-    monkeypatch.setattr(runner, "_execute", refuse)
+    monkeypatch.setattr(execution, "execute", refuse)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -209,6 +210,34 @@ def test_unknown_command_line_parameter_is_refused(tmp_path, capsys, no_kernel, 
                         str(notebook)]) == 2
     assert re.search(message, one_line_error(capsys))
     assert not build.exists()
+
+
+def test_main_gives_sigterm_back_as_it_found_it(tmp_path, capsys, no_kernel):
+    notebook = write_notebook(tmp_path, "plain", PARAMETERS)
+    before = signal.getsignal(signal.SIGTERM)
+    assert runner.main(["--profile", "full", "--build-dir", str(tmp_path / "build"),
+                        "-p", "SCLAE", "3", str(notebook)]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_damaged_record_is_named_in_its_row_and_the_other_rows_stay(tmp_path, monkeypatch):
+    damaged, good = (write_notebook(tmp_path, name, PARAMETERS) for name in ("damaged", "good"))
+
+    def execute(notebook, executed, parameters, **options):
+        shutil.copy(notebook, executed)
+        # The first lesson's kernel died while writing its record, say.
+        text = '{"scale": ' if notebook == damaged else json.dumps({"scale": 2})
+        (Path(parameters["OUTPUT_DIR"]) / record.METRICS_FILE).write_text(text)
+        return execution.Outcome("ok")
+
+    monkeypatch.setattr(execution, "execute", execute)
+    results = runner.run([damaged, good], PLAIN, tmp_path / "data", tmp_path / "build",
+                         tmp_path / "images")
+    assert [(r.status, r.metrics) for r in results] == [("ok", None), ("ok", {"scale": 2})]
+    assert results[0].metrics_damage.startswith("metrics.json is damaged: Expecting value")
+    table = runner.summary_table(results)
+    assert re.search(r"damaged.ipynb \| ok .*\| metrics.json is damaged: ", table)
+    assert re.search(r"good.ipynb +\| ok .*\| scale=2", table)
 
 
 @pytest.mark.parametrize("regular_file, build", [

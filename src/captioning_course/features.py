@@ -11,13 +11,17 @@ example count, image size, preprocessing, `model_fingerprint(cnn)`...). A cache 
 key is recomputed, with one line naming the entries that changed; it is never reused in
 silence. An extraction is written under a temporary name and renamed only when complete, so
 an interrupted one (a crash, a kernel restart, Ctrl-C) is never mistaken for a cache, and
-the previous cache stays until its replacement is complete.
+the previous cache stays until its replacement is complete. Extractions of one cache take
+turns under a file lock, FOLDER/.NAME.lock, which works across the machines sharing the
+folder: a second one waits for the first and then reuses its features, and what an
+interrupted one left behind is removed by the next.
 
 Layout of a cache folder:
 
     FOLDER/NAME/cache.json              the key, the field specs, the shards and their sizes
     FOLDER/NAME/shard-00000.tfrecord    one tf.train.Example per image, each field a
     FOLDER/NAME/shard-00001.tfrecord    tf.io.serialize_tensor of its value
+    FOLDER/.NAME.lock                   locked while an extraction of NAME runs; it stays
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import filelock
 import numpy as np
-import psutil
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -120,15 +124,11 @@ def cached_features(
     final = folder / name
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} is a file, not a feature cache folder")
-    if folder.is_dir():
-        _remove_leftovers(folder, name)
 
+    # A reusable cache is read without the lock, so that a folder one cannot write serves too.
     manifest, reason = _reusable(final, stored_key, fields, total)
     if manifest is not None:
-        cached = _open(final, manifest, extraction_seconds=None)
-        print(f"Reusing {description} of {_images(cached.examples)} from {final} "
-              f"({_human_size(cached.size_bytes)}).")
-        return cached
+        return _reused(final, manifest, description)
     _check_replaceable(final)
     cardinality = int(examples.cardinality())  # known for many datasets, e.g. after take(n)
     if cardinality == tf.data.INFINITE_CARDINALITY:
@@ -136,30 +136,60 @@ def cached_features(
     if total is not None and cardinality >= 0 and cardinality != total:
         raise ValueError(f"total is {total} but the examples hold {cardinality}: a stale total "
                          "means a stale key; update both")
-    if reason is None:
-        print(f"Computing the {description} in {final}; later runs with the same key reuse them.")
-    else:
-        print(f"Recomputing the {description} in {final}: {reason}.")
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-        partial.mkdir()
+        lock = filelock.FileLock(folder / f".{name}.lock")
+        _acquire(lock, f"Waiting for another process, here or on another machine, to finish "
+                       f"computing the {description} in {final}.")
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write a feature cache in {folder}: {exc.strerror}") \
             from exc
-    start = time.perf_counter()
-    progress_total = total if total is not None else (cardinality if cardinality >= 0 else None)
     try:
-        contents = _extract(examples, encode, fields, partial, batch_size=batch_size,
-                            total=total, progress_total=progress_total, description=description)
-        manifest = {"format": FORMAT, "key": stored_key, "description": description, **contents}
-        _write_manifest(partial / MANIFEST, manifest)  # last: its presence marks a whole cache
-        _swap_in(partial, final)
-    except BaseException:  # KeyboardInterrupt too: a half-written cache must not stay behind
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return _open(final, manifest, extraction_seconds=time.perf_counter() - start)
+        _remove_leftovers(folder, name)
+        # Most often made, while this one waited, by the extraction it waited for.
+        manifest, reason = _reusable(final, stored_key, fields, total)
+        if manifest is not None:
+            return _reused(final, manifest, description)
+        if reason is None:
+            print(f"Computing the {description} in {final}; later runs with the same key "
+                  "reuse them.")
+        else:
+            print(f"Recomputing the {description} in {final}: {reason}.")
+        partial = _temporary(final, "partial")
+        partial.mkdir()
+        start = time.perf_counter()
+        progress_total = total if total is not None else (
+            cardinality if cardinality >= 0 else None)
+        try:
+            contents = _extract(examples, encode, fields, partial, batch_size=batch_size,
+                                total=total, progress_total=progress_total,
+                                description=description)
+            manifest = {"format": FORMAT, "key": stored_key, "description": description,
+                        **contents}
+            _write_manifest(partial / MANIFEST, manifest)  # last: its presence marks a whole cache
+            _swap_in(partial, final)
+        except BaseException:  # KeyboardInterrupt too: a half-written cache must not stay behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return _open(final, manifest, extraction_seconds=time.perf_counter() - start)
+    finally:
+        lock.release()
+
+
+def _reused(final: Path, manifest: dict, description: str) -> CachedFeatures:
+    cached = _open(final, manifest, extraction_seconds=None)
+    print(f"Reusing {description} of {_images(cached.examples)} from {final} "
+          f"({_human_size(cached.size_bytes)}).")
+    return cached
+
+
+def _acquire(lock: filelock.FileLock, waiting: str) -> None:
+    """Take `lock`, printing `waiting` first when another process holds it."""
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(waiting, flush=True)
+        lock.acquire()
 
 
 def _check_name(name: str) -> None:
@@ -297,16 +327,18 @@ def _check_replaceable(final: Path) -> None:
                          "choose another name or folder")
 
 
+def _temporary(final: Path, kind: str) -> Path:
+    """A hidden folder beside `final`: the "partial" cache being written, or the "old" one
+    being replaced."""
+    return final.with_name(f".{final.name}.{kind}-{secrets.token_hex(4)}")
+
+
 def _remove_leftovers(folder: Path, name: str) -> None:
-    """Remove the temporary folders of extractions whose process died: it cannot do it itself."""
+    """Remove what interrupted extractions of `name` left: under its lock, none is running."""
+    leftover = re.compile(rf"\.{re.escape(name)}\.(partial|old)-[0-9a-f]{{8}}")
     for entry in folder.iterdir():
-        for kind in ("partial", "old"):
-            prefix = f".{name}.{kind}-"
-            if not entry.name.startswith(prefix):
-                continue
-            owner = re.fullmatch(r"(\d+)-[0-9a-f]+", entry.name[len(prefix):])
-            if owner and entry.is_dir() and not psutil.pid_exists(int(owner[1])):
-                shutil.rmtree(entry, ignore_errors=True)
+        if leftover.fullmatch(entry.name) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _extract(examples: tf.data.Dataset, encode: Callable, fields: dict, partial: Path, *,
@@ -421,7 +453,7 @@ def _swap_in(partial: Path, final: Path) -> None:
     """Rename the complete `partial` to `final`, replacing an older cache only then."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        old = _temporary(final, "old")
         final.rename(old)
     try:
         partial.rename(final)

@@ -56,8 +56,6 @@ import dataclasses
 import io
 import json
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,8 +64,8 @@ from typing import Any
 
 import nbformat
 
-from captioning_course import labs, profiles, runner
-from captioning_course.kernel import KERNEL_NAME, KERNELSPEC
+from captioning_course import execution, labs, parameters, profiles
+from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
 
 # A cell must be recognised in at least this share of a lesson's cells for a file to count
@@ -77,8 +75,6 @@ CHECK_CALL = re.compile(r"\bcheck\.(\w+)\s*\(")
 # How a self-check names its exercise at the start of its message: "Exercise 4 (masked_loss): "
 CHECK_PREFIX = re.compile(r"^Exercise \d+(?: \([^)]*\))?: ")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
-# The child process prints this before the reason papermill stopped, as its last line.
-STOPPED = "grader: papermill stopped: "
 CSV_FILE, MARKDOWN_FILE = "grades.csv", "grades.md"
 
 
@@ -138,8 +134,7 @@ def check_calls(source: str) -> list[str]:
 def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
     """(index, source) of every code cell, papermill's own cells left out."""
     return [(index, cell.get("source", "")) for index, cell in enumerate(nb.cells)
-            if cell.get("cell_type") == "code"
-            and not runner.added_by_papermill(cell)]
+            if cell.get("cell_type") == "code" and not execution.added_by_papermill(cell)]
 
 
 def _fingerprint(source: str) -> str | None:
@@ -151,7 +146,7 @@ def _fingerprint(source: str) -> str | None:
     return text or None
 
 
-def _check_cells(nb: nbformat.NotebookNode) -> dict[tuple[str, int], int]:
+def self_check_cells(nb: nbformat.NotebookNode) -> dict[tuple[str, int], int]:
     """Cell index of every self-check cell, by (check it calls first, occurrence)."""
     found: dict[tuple[str, int], int] = {}
     seen: dict[str, int] = {}
@@ -229,54 +224,11 @@ def identify(nb: nbformat.NotebookNode, lessons: dict[str, Lesson],
 
 # Running --------------------------------------------------------------------------------------
 
-def _papermill_child() -> None:
-    """Runs in the child process: papermill on every cell, errors or not.
-
-    After a run with errors papermill marks the first error at the top of the executed copy
-    and raises; the grader reads every cell's outcome itself, skipping papermill's cells.
-    """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    args = json.loads(sys.argv[1])
-    try:
-        papermill.execute_notebook(
-            args["input"], args["output"], parameters=args["parameters"],
-            kernel_name=KERNEL_NAME, cwd=args["cwd"], progress_bar=False, allow_errors=True)
-    except PapermillExecutionError:
-        pass  # every cell ran; the executed copy holds each one's outcome
-    except Exception as exc:
-        import traceback
-
-        traceback.print_exc()
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        print(f"{STOPPED}{type(exc).__name__}: {first_line}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def _execute(copy: Path, executed: Path, parameters: dict[str, Any], cwd: Path, log: Path,
-             timeout_s: int, env: dict[str, str]) -> tuple[str, str]:
-    """Run `copy` to `executed`: ("ok" | "timeout" | "stopped", why papermill stopped)."""
-    command = [sys.executable, "-c",
-               "from captioning_course.grade import _papermill_child; _papermill_child()",
-               json.dumps({"input": str(copy), "output": str(executed), "cwd": str(cwd),
-                           "parameters": parameters})]
-    with log.open("w") as messages:
-        status = runner.run_stoppable(command, timeout_s, env, stdout=messages,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if status != "failed":
-        return status, ""
-    lines = [line for line in log.read_text(errors="replace").splitlines()
-             if line.startswith(STOPPED)]
-    return "stopped", lines[-1][len(STOPPED):] if lines else f"papermill failed; see {log}"
-
-
 def _clean_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The file as it will run: no outputs left from the student's session, the course kernel."""
     copy = nbformat.from_dict(json.loads(json.dumps(nb)))
     # Cells a papermill run of the student's left behind; this run adds its own.
-    copy.cells = [cell for cell in copy.cells
-                  if not runner.added_by_papermill(cell)]
+    copy.cells = [cell for cell in copy.cells if not execution.added_by_papermill(cell)]
     for cell in copy.cells:
         if cell.get("cell_type") == "code":
             cell["outputs"], cell["execution_count"] = [], None
@@ -332,7 +284,7 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
 
     `located` gives the index, in the student's file, of each self-check cell it has.
     """
-    ran = ([c for c in executed.cells if not runner.added_by_papermill(c)]
+    ran = ([c for c in executed.cells if not execution.added_by_papermill(c)]
            if executed is not None else [])
     # What papermill's own error was called, e.g. DeadKernelError when the kernel died.
     ename = reason.split(":", 1)[0] if ":" in reason else "run stopped"
@@ -380,16 +332,6 @@ def _shared_grade(number: int, cell: Any, errors: list[dict]) -> str:
     if errors:
         return f"not reached: {errors[0].get('ename', 'error')}"
     return f"fail: the self-check cell printed no PASS line for Exercise {number}"
-
-
-def _running_cell(executed: nbformat.NotebookNode | None) -> str:
-    if executed is None:
-        return ""
-    cells = [c for c in executed.cells if not runner.added_by_papermill(c)]
-    for index, cell in enumerate(cells):
-        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
-            return f" in {runner.cell_name(index, cell.get('source', ''))}"
-    return ""
 
 
 # Grading --------------------------------------------------------------------------------------
@@ -447,9 +389,9 @@ def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: 
         for lesson in lessons:
             lab = _write_temporary(lesson.lab, Path(scratch), lesson.name)
             try:
-                runner.notebook_parameters(lab, profile, data_dir, out / "outputs",
-                                           sample_images_dir, extra_parameters)
-            except runner.RunnerError as exc:
+                parameters.notebook_parameters(lab, profile, data_dir, out / "outputs",
+                                               sample_images_dir, extra_parameters)
+            except parameters.SetupError as exc:
                 raise GradingError(str(exc).replace(str(lab), f"lesson {lesson.name}")) from None
 
 
@@ -462,36 +404,41 @@ def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
     output_dir = out / "outputs" / relative.with_suffix("")
     executed_path.unlink(missing_ok=True)  # an earlier run's copy must not be read as this one's
     copy = _clean_copy(planned.nb)
-    located = _check_cells(copy)
+    located = self_check_cells(copy)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         path = _write_temporary(copy, Path(scratch), lesson.name)
         try:
-            runner.prepare_folder(output_dir)
-            runner.prepare_folder(executed_path.parent)
+            parameters.prepare_folder(output_dir)
+            parameters.prepare_folder(executed_path.parent)
             # Students share one feature cache: the CNN runs once per image, not per student.
-            parameters = runner.notebook_parameters(path, profile, data_dir, output_dir,
+            values = parameters.notebook_parameters(path, profile, data_dir, output_dir,
                                                     sample_images_dir, extra_parameters,
                                                     feature_cache_dir=out / "feature_cache")
-        except runner.RunnerError as exc:
+        except parameters.SetupError as exc:
             row.note = f"cannot run: {str(exc).replace(str(path), row.file)}"
             row.exercises, row.grades = 0, {}
             return
-        status, reason = _execute(path, executed_path, parameters, output_dir,
-                                  output_dir / "papermill.log", limit, env)
+        outcome = execution.execute(path, executed_path, values, cwd=output_dir,
+                                    timeout_s=limit, env=env, allow_errors=True,
+                                    log=output_dir / "papermill.log")
+    if outcome.status == "interrupted":  # its processes are gone; the grading stops
+        raise KeyboardInterrupt
     row.seconds = time.monotonic() - start
     try:
         executed = nbformat.read(executed_path, as_version=4)
     except (OSError, ValueError):
         executed = None
-    row.grades = grade_executed(lesson, executed, status, reason, located)
+    row.grades = grade_executed(lesson, executed, outcome.status, outcome.reason, located)
     missing = [f"check.{e.check}(...)" for e in lesson.exercises
                if row.grades[e.number] == "missing"]
     notes = [f"no cell calls {', '.join(missing)}"] if missing else []
-    if status == "timeout":
-        notes.append(f"timed out after {limit} s{_running_cell(executed)}")
-    elif status == "stopped":
-        notes.append(f"papermill stopped{_running_cell(executed)}: {reason}")
+    running = execution.running_cell(copy, executed) if executed is not None else None
+    where = f" in {running}" if running else ""
+    if outcome.status == "timeout":
+        notes.append(f"timed out after {limit} s{where}")
+    elif outcome.status == "stopped":
+        notes.append(f"papermill stopped{where}: {outcome.reason}")
     if executed is None:
         notes.append("no executed copy was written")
     row.note = "; ".join(notes)
@@ -512,16 +459,16 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
     if not submissions:
         raise GradingError(f"no notebooks (*.ipynb) in {folder}")
     lessons = load_lessons(lessons_dir)
-    runner.prepare_folder(out)
+    parameters.prepare_folder(out)
     plans = [_plan(path, folder, lessons) for path in submissions]
     to_run = [plan for plan in plans if plan.lesson is not None]
     graded_lessons = list({plan.lesson.name: plan.lesson for plan in to_run}.values())
     _check_lesson_parameters(graded_lessons, profile, data_dir, out, sample_images_dir,
                              extra_parameters)
     if to_run:
-        runner.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
+        parameters.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
-    env = runner.kernel_environment(profile, out)
+    env = parameters.kernel_environment(profile, out)
     rows = [plan.row for plan in plans]
     graded = 0
     try:
@@ -599,37 +546,30 @@ def write_grades(rows: list[Row], lessons: dict[str, Lesson], out: Path, profile
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the students' notebooks (subfolders too)")
-    parser.add_argument("--profile", default="smoke", choices=sorted(profiles.PROFILES))
+    parameters.add_profile_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("build/grades"),
                         help="where grades.csv, grades.md and the executed copies go")
-    parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
-                        metavar=("NAME", "VALUE"),
-                        help="set a parameter of every run, over the profile's value")
-    parser.add_argument("--timeout", type=runner.positive_seconds, metavar="SECONDS",
-                        help="time limit per notebook (default: the profile's)")
     parser.add_argument("--lessons", type=Path, default=Path("notebooks"),
                         help="the authored lessons the labs come from")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
     args = parser.parse_args(argv)
     profile = profiles.get(args.profile)
-    extra = {name: runner.parameter_value(value) for name, value in args.parameters}
-    if profile.needs_gpu and not runner.gpu_visible():
+    extra = {name: parameters.parameter_value(value) for name, value in args.parameters}
+    if profile.needs_gpu and not parameters.gpu_visible():
         print(f"warning: TensorFlow sees no GPU here and the {profile.name} profile needs one; "
               "each lab may run for hours", file=sys.stderr, flush=True)
     start = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, runner.interrupt)
     try:
-        rows = grade(args.folder, profile, args.out, args.lessons, args.data_dir,
-                     args.sample_images_dir, extra, args.timeout)
-    except (GradingError, runner.RunnerError) as exc:
+        with execution.sigterm_as_ctrl_c():
+            rows = grade(args.folder, profile, args.out, args.lessons, args.data_dir,
+                         args.sample_images_dir, extra, args.timeout)
+    except (GradingError, parameters.SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; the rows graded so far are in {args.out / MARKDOWN_FILE}")
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print()
     print((args.out / MARKDOWN_FILE).read_text(), end="")
     print(f"\n{len(rows)} files graded in {time.monotonic() - start:.0f} s; "
