@@ -7,9 +7,14 @@ import zipfile
 import tensorflow_datasets as tfds
 
 from captioning_course import data_copies
-from captioning_course.data_copies import (COCO_CAPTIONS_COPY, FLICKR8K_ARCHIVES,
-                                           FLICKR8K_LISTS, FLICKR8K_PHOTOS, FLICKR8K_TOKENS,
-                                           FLICKR8K_ZIPS)
+from captioning_course.data_copies import (
+    COCO_CAPTIONS_COPY,
+    FLICKR8K_ARCHIVES,
+    FLICKR8K_LISTS,
+    FLICKR8K_PHOTOS,
+    FLICKR8K_TOKENS,
+    FLICKR8K_ZIPS,
+)
 from conftest import TINY_SLICE
 
 

@@ -10,6 +10,8 @@ from keras import layers
 
 from captioning_course.decoding import CaptionDecoder, Decoded
 from captioning_course.gpu_on_cpu import opaque_to_xla
+from captioning_course.labs import run_definitions
+from conftest import REPO
 
 VOCAB_SIZE, DIM, REGIONS, BATCH = 30, 16, 9, 12
 VOCABULARY = ["", "[UNK]", "<start>", "<end>"] + [f"w{i}" for i in range(4, VOCAB_SIZE)]
@@ -56,35 +58,11 @@ def build_step_model(as_on_a_gpu: bool = False) -> keras.Model:
     return model
 
 
-# The lesson's eager loop, as the students have it.
-def choose_next(logits, banned, top_k, temperature):
-    logits = np.where(banned, -np.inf, logits)
-    if top_k == 1:
-        return np.argmax(logits, axis=-1)
-    top_logits, top_ids = tf.math.top_k(logits, k=top_k)
-    picks = tf.random.categorical(top_logits / temperature, 1).numpy()
-    return np.take_along_axis(top_ids.numpy(), picks, axis=-1)[:, 0]
-
-
-def decode(image_features, step_model, vocabulary, top_k=1, temperature=1.0):
-    batch = image_features.shape[0]
-    start_id, end_id = vocabulary.index("<start>"), vocabulary.index("<end>")
-    banned = np.isin(np.arange(len(vocabulary)), [0, vocabulary.index("[UNK]"), start_id])
-    state = np.zeros((batch, step_model.inputs[1].shape[-1]), dtype="float32")
-    tokens = np.full((batch, 1), start_id)
-    words, attention = [[] for _ in range(batch)], [[] for _ in range(batch)]
-    done = np.zeros(batch, dtype=bool)
-    for _ in range(MAX_CAPTION_LEN):
-        logits, state, weights = step_model.predict_on_batch([tokens, state, image_features])
-        next_ids = choose_next(logits[:, -1, :], banned, top_k, temperature)
-        done |= next_ids == end_id
-        for i in np.flatnonzero(~done):
-            words[i].append(vocabulary[next_ids[i]])
-            attention[i].append(weights[i, 0])
-        if done.all():
-            break
-        tokens = next_ids[:, None]
-    return [" ".join(w) for w in words], [np.array(a) for a in attention]
+# The main lesson's eager loop, as the students have it, from the lesson itself.
+LESSON_LOOP = run_definitions(REPO / "solutions" / "image_captioning.ipynb",
+                              ("choose_next", "decode"),
+                              {"np": np, "tf": tf, "caption_length": MAX_CAPTION_LEN})
+decode = LESSON_LOOP["decode"]
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,8 @@ def make_flickr8k_archives(folder, *, leave_out=()):
 
 @pytest.fixture(scope="module")
 def flickr8k():
-    return notebook_definitions(LESSON, "download_flickr8k", "flickr8k_split", "load_split")
+    return notebook_definitions(LESSON, "download_flickr8k", "FLICKR8K_LISTS", "flickr8k_split",
+                                "read_photo", "load_split")
 
 
 def test_flickr8k_is_downloaded_unpacked_and_split_by_the_authors_lists(flickr8k, tmp_path):

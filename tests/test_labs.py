@@ -82,9 +82,10 @@ def test_run_definitions_runs_only_the_named_statements_of_cells_with_magics(tmp
     nbformat.write(notebook(*LESSON_CELLS), path)
     import math
 
-    found = labs.run_definitions(path, ("Disc", "area", "Circle"), {"math": math})
+    found = labs.run_definitions(path, ("Disc", "area", "Circle", "SIDE_EFFECT"), {"math": math})
     assert found["Disc"](2).area == pytest.approx(4 * math.pi)
-    assert "SIDE_EFFECT" not in found and "CIRCLE" not in found
+    assert found["SIDE_EFFECT"] == []  # assigned, and the cell's other statements not run
+    assert "CIRCLE" not in found
 
 
 @pytest.mark.parametrize("cells, names, message", [

@@ -21,6 +21,7 @@ kernel), cell tags kept and cell ids numbered, so generating twice gives identic
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import re
 import sys
@@ -145,18 +146,25 @@ def solution_and_lab(nb: nbformat.NotebookNode, where: str = "notebook"
     return solution, lab, found
 
 
+def _defined_name(node: ast.stmt) -> str | None:
+    """The one name a top-level statement defines, if it is a definition or `NAME = ...`."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return node.name
+    targets = node.targets if isinstance(node, ast.Assign) else (
+        [node.target] if isinstance(node, ast.AnnAssign) else [])
+    return targets[0].id if len(targets) == 1 and isinstance(targets[0], ast.Name) else None
+
+
 def run_definitions(notebook: Path, names: tuple[str, ...], namespace: dict) -> dict:
-    """Execute in `namespace` the `def` and `class` statements of `notebook` named in
-    `names`, and return it: lessons keep their code in the notebook, so tests and benchmarks
-    take it from there rather than from a copy that could drift.
+    """Execute in `namespace` the `def`, `class` and `NAME = ...` statements of `notebook`
+    that define the names in `names`, and return it: lessons keep their code in the notebook,
+    so tests and benchmarks take it from there rather than from a copy that could drift.
 
-    Only those statements run, not the rest of their cells; `namespace` provides what they
-    use (imports, constants). Cells are read as IPython reads them, so `%magics` and
-    `!commands` elsewhere in a cell do not stop the parsing. A name that the notebook does
-    not define, or defines twice, raises LookupError.
+    Only those statements run, in notebook order, not the rest of their cells; `namespace`
+    provides what else they use (imports, parameters). Cells are read as IPython reads them,
+    so `%magics` and `!commands` elsewhere in a cell do not stop the parsing. A name that the
+    notebook does not define, or defines twice, raises LookupError.
     """
-    import ast
-
     from IPython.core.inputtransformer2 import TransformerManager
 
     python = TransformerManager()
@@ -165,9 +173,9 @@ def run_definitions(notebook: Path, names: tuple[str, ...], namespace: dict) -> 
         if cell.cell_type != "code":
             continue
         for node in ast.parse(python.transform_cell(cell.source)).body:
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
-                    node.name in found):
-                found[node.name].append((index, node))
+            name = _defined_name(node)
+            if name in found:
+                found[name].append((index, node))
     for name, nodes in found.items():
         if len(nodes) != 1:
             raise LookupError(f"{notebook.name} defines {name!r} {len(nodes)} times, not once")
