@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from captioning_course import data_slice, profiles, runner
+from captioning_course import data_slice, execution, profiles, runner
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixtures that execute notebooks: a test using one is slow, and `make check` leaves it out.
@@ -18,10 +19,56 @@ EXECUTING_FIXTURES = {"smoke_run", "rehearsal_run", "outer_jupyter", "tiny_grade
 TINY_SLICE = data_slice.SliceParams(train=24, val=6, test=6, seed=7)
 
 
+LESSONS = tuple(sorted(p.stem for p in (REPO / "solutions").glob("*.ipynb")))
+# The fixtures that execute whole lessons, one profile each, and the profiles' names.
+LESSON_RUNS = {"smoke_run": "smoke", "rehearsal_run": "rehearsal"}
+# Time limits: a test that executes a whole lesson may be the first to ask for it (the
+# runner bounds each notebook too); other slow tests start a kernel, a browser or pip.
+EXECUTING_LIMIT_S = 45 * 60
+SLOW_LIMIT_S = 15 * 60  # pyproject.toml sets the limit of every other test
+
+
+def lesson_of(item) -> str:
+    """The one lesson a test reads the executed run of: its `lesson` parameter, its `lesson`
+    marker, or the lesson its module is named after (tests/test_LESSON.py)."""
+    marker = item.get_closest_marker("lesson")
+    named = getattr(getattr(item, "callspec", None), "params", {}).get("lesson") or (
+        marker.args[0] if marker else item.module.__name__.removeprefix("test_"))
+    if named not in LESSONS:
+        raise pytest.UsageError(f"{item.nodeid} reads an executed lesson without saying which: "
+                                "parametrize `lesson`, or mark it @pytest.mark.lesson(NAME)")
+    return named
+
+
 def pytest_collection_modifyitems(items):
+    """Limit every test's time; under pytest-xdist, send the tests that read one lesson's run
+    to one worker (the lesson then runs once) and each module's tests to one worker (its
+    fixtures are then built once), the longest runs first."""
     for item in items:
-        if EXECUTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        runs = [LESSON_RUNS[name] for name in LESSON_RUNS if name in used]
+        if runs:
+            [profile] = runs  # one worker holds one profile's run of a lesson
+            group = f"{profile}-{lesson_of(item)}"
+        else:
+            group = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+        if EXECUTING_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.timeout(EXECUTING_LIMIT_S))
+        elif item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.timeout(SLOW_LIMIT_S))
+
+    # The later lessons take longer (the Transformer longest), and the smoke run is longer
+    # than the rehearsal: started first, the longest runs leave no worker waiting at the end.
+    def cost(item) -> tuple:
+        group = item.get_closest_marker("xdist_group").args[0]
+        profile, _, lesson = group.partition("-")
+        if lesson in LESSONS:
+            return (-LESSONS.index(lesson), list(LESSON_RUNS.values()).index(profile))
+        return (1, 0)
+
+    items.sort(key=cost)
 
 
 @pytest.fixture(scope="session")
@@ -34,49 +81,75 @@ def tiny_slice_dir(tmp_path_factory) -> Path:
 
 # The oldest supported Python, in the environment `make test` builds for it (.venv-py3.10).
 OLDEST_PYTHON = Path(os.environ.get("COURSE_OLDEST_PYTHON", REPO / ".venv-py3.10/bin/python"))
-# Runs every solution with the runner of an environment; writes the results as JSON.
-RUN_EVERY_SOLUTION = """
+# Runs solutions with the runner of an environment; writes the results as JSON.
+RUN_SOLUTIONS = """
 import dataclasses, json, sys
 from pathlib import Path
 from captioning_course import profiles, runner
-profile, repo, results_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-results = runner.run(sorted((repo / "solutions").glob("*.ipynb")), profiles.get(profile),
-                     repo / "data", repo / "build", repo / "sample_images")
+profile, repo, results_file, *lessons = sys.argv[1:]
+repo = Path(repo)
+results = runner.run([repo / "solutions" / f"{lesson}.ipynb" for lesson in lessons],
+                     profiles.get(profile), repo / "data", repo / "build", repo / "sample_images")
 print(runner.summary_table(results))
-results_file.write_text(json.dumps([{**dataclasses.asdict(r), "notebook": str(r.notebook),
+Path(results_file).write_text(json.dumps([{**dataclasses.asdict(r), "notebook": str(r.notebook),
                                      "executed": str(r.executed)} for r in results]))
 """
 
 
-def run_every_solution(profile: profiles.Profile, python: Path) -> dict[str, runner.Result]:
-    """Every solution executed once under `profile` by `python`'s environment, as
-    `make execute-solutions` does there.
-
-    Executed copies and records stay in build/PROFILE/ for inspection after the tests.
+class SolutionRuns(Mapping):
+    """The solutions executed under `profile` by `python`'s environment, as `make
+    execute-solutions` runs them there: each lesson the first time a test asks for it, then
+    shared by every test of the session. Executed copies and records stay in build/PROFILE/.
     """
-    if not python.is_file():
-        pytest.fail(f"no Python at {python}: `make test` builds the environments it runs")
-    results_file = REPO / "build" / f"{profile.name}-results.json"
-    results_file.unlink(missing_ok=True)
-    subprocess.run([str(python), "-c", RUN_EVERY_SOLUTION, profile.name, str(REPO),
-                    str(results_file)], cwd=REPO, check=True)
-    results = [runner.Result(**{**r, "notebook": Path(r["notebook"]),
-                                "executed": Path(r["executed"])})
-               for r in json.loads(results_file.read_text())]
-    return {result.notebook.stem: result for result in results}
+
+    def __init__(self, profile: profiles.Profile, python: Path):
+        self.profile, self.python = profile, python
+        self.results: dict[str, runner.Result] = {}
+
+    def __getitem__(self, lesson: str) -> runner.Result:
+        if lesson not in LESSONS:
+            raise KeyError(lesson)
+        if lesson not in self.results:
+            self.results[lesson] = self._execute(lesson)
+        return self.results[lesson]
+
+    def __iter__(self):
+        return iter(LESSONS)
+
+    def __len__(self) -> int:
+        return len(LESSONS)
+
+    def _execute(self, lesson: str) -> runner.Result:
+        if not self.python.is_file():
+            pytest.fail(f"no Python at {self.python}: `make test` builds the environments it runs")
+        results_file = REPO / "build" / f"{self.profile.name}-{lesson}-result.json"
+        results_file.unlink(missing_ok=True)
+        process = subprocess.Popen([str(self.python), "-c", RUN_SOLUTIONS, self.profile.name,
+                                    str(REPO), str(results_file), lesson], cwd=REPO)
+        try:  # a test's time limit stops the notebook's kernel too, not only this child
+            process.wait()
+        finally:
+            if process.returncode is None:
+                execution.stop_process_tree(process)
+        if process.returncode != 0:
+            pytest.fail(f"the runner stopped with exit code {process.returncode} "
+                        f"before it recorded {lesson} ({self.profile.name})")
+        [result] = json.loads(results_file.read_text())
+        return runner.Result(**{**result, "notebook": Path(result["notebook"]),
+                                "executed": Path(result["executed"])})
 
 
 @pytest.fixture(scope="session")
-def smoke_run() -> dict[str, runner.Result]:
+def smoke_run() -> SolutionRuns:
     """The course at small scale, on the Python of this environment: it must learn."""
-    return run_every_solution(profiles.SMOKE, Path(sys.executable))
+    return SolutionRuns(profiles.SMOKE, Path(sys.executable))
 
 
 @pytest.fixture(scope="session")
-def rehearsal_run() -> dict[str, runner.Result]:
+def rehearsal_run() -> SolutionRuns:
     """The full profile's sizes and code paths on a few dozen images, on the oldest supported
     Python with its own pins: it must run."""
-    return run_every_solution(profiles.REHEARSAL, OLDEST_PYTHON)
+    return SolutionRuns(profiles.REHEARSAL, OLDEST_PYTHON)
 
 
 def recorded_metrics(run: dict[str, runner.Result], lesson: str) -> dict:
@@ -150,8 +223,11 @@ def notebook_definitions(notebook: Path, *names: str) -> dict:
     return namespace
 
 
+PARTIAL_RUN_LIMIT_S = 10 * 60  # a few dozen images, two epochs
+
+
 class LessonCellsFailed(Exception):
-    """A cell of `run_lesson_cells` raised; the message is papermill's."""
+    """A run of `run_lesson_cells` did not end: the message names the cell and its error."""
 
 
 def run_lesson_cells(notebook: Path, folder: Path, *, last_cell: str, parameters: dict,
@@ -162,14 +238,10 @@ def run_lesson_cells(notebook: Path, folder: Path, *, last_cell: str, parameters
     The smoke profile's values and `parameters` are injected as papermill does. `preamble`
     runs first (before TensorFlow is imported), each (old, new) in `replace` edits the cells'
     source (each old text must occur), and `probe`, a Python expression evaluated last, is
-    returned through JSON. Raises LessonCellsFailed when a cell raises.
+    returned through JSON. Raises LessonCellsFailed when a cell raises, naming it and the
+    error, or when the run is stopped.
     """
-    import json
-
     import nbformat
-    import papermill
-
-    from captioning_course.kernel import KERNEL_NAME
 
     source = nbformat.read(notebook, as_version=4)
     [end] = [i for i, c in enumerate(source.cells) if last_cell in c.source][:1]
@@ -191,10 +263,35 @@ def run_lesson_cells(notebook: Path, folder: Path, *, last_cell: str, parameters
     values = runner.notebook_parameters(
         notebook, profiles.SMOKE, REPO / "data", folder / "outputs", REPO / "sample_images",
         parameters, feature_cache_dir=REPO / "build" / "feature_cache")
-    try:
-        papermill.execute_notebook(trimmed, folder / f"executed-{notebook.name}",
-                                   parameters=values, kernel_name=KERNEL_NAME,
-                                   cwd=str(notebook.parent), progress_bar=False)
-    except papermill.PapermillExecutionError as error:
-        raise LessonCellsFailed(str(error)) from None
+    executed = folder / f"executed-{notebook.name}"
+    outcome = execution.execute(trimmed, executed, values, cwd=notebook.parent,
+                                timeout_s=PARTIAL_RUN_LIMIT_S, log=folder / "papermill.log")
+    if outcome.status != "ok":
+        raise LessonCellsFailed(outcome.reason or (
+            f"{outcome.status}: {execution.failing_cell(trimmed, executed)}"))
     return json.loads(result.read_text())
+
+
+def edited_definitions(notebook: Path, names: tuple[str, ...], namespace: dict,
+                       *replace: tuple[str, str]) -> dict:
+    """`labs.run_definitions` of `names` from the cells of `notebook` that define them, with
+    each (old, new) of `replace` changed once in their source: a mistake made in the lesson's
+    own code. Linecache holds the edited source, as IPython holds a cell's: AutoGraph reads it."""
+    import linecache
+    import re
+    import tempfile
+
+    import nbformat
+
+    from captioning_course.labs import run_definitions
+
+    defines = re.compile(rf"^(?:class|def) (?:{'|'.join(names)})\b", re.M)
+    source = "\n\n".join(c.source for c in code_cells(notebook) if defines.search(c.source))
+    for old, new in replace:
+        assert source.count(old) == 1, f"{old!r} is not once in {notebook.name}'s definitions"
+        source = source.replace(old, new)
+    with tempfile.TemporaryDirectory() as folder:
+        edited = Path(folder) / notebook.name
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), edited)
+        linecache.cache[str(edited)] = (len(source), None, source.splitlines(True), str(edited))
+        return run_definitions(edited, names, namespace)

@@ -1,6 +1,6 @@
 """The grader: which lesson a file is, each exercise's grade, rows for files that cannot be
-graded, refusals, and the real lesson graded end to end (solution, untouched lab, one wrong
-answer, a broken file)."""
+graded, refusals, the smoke run's executed solution graded, and a small class of the real
+lesson graded end to end (untouched lab, one wrong answer, a broken file)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import nbformat
 import psutil
 import pytest
 
-from captioning_course import grade, labs, runner
+from captioning_course import execution, grade, labs, parameters
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
 from conftest import REPO, one_line_error
@@ -232,8 +232,8 @@ def test_hidden_folders_and_the_output_folder_hold_no_submissions(tmp_path):
 def no_kernel(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel was started")
-    monkeypatch.setattr(grade, "_execute", refuse)
-    monkeypatch.setattr(runner, "gpu_visible", lambda: True)
+    monkeypatch.setattr(execution, "execute", refuse)
+    monkeypatch.setattr(parameters, "gpu_visible", lambda: True)
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -391,10 +391,10 @@ def wrong_loss(solution: nbformat.NotebookNode,
 
 @pytest.fixture(scope="module")
 def course_grades(tmp_path_factory, course_lessons):
+    """A small class graded end to end: the untouched lab, one wrong answer, a broken file."""
     lesson = course_lessons["image_captioning"]
     folder = tmp_path_factory.mktemp("class")
     solution = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
-    nbformat.write(solution, folder / "solution.ipynb")
     nbformat.write(nbformat.read(REPO / "labs" / "image_captioning.ipynb", as_version=4),
                    folder / "lab.ipynb")
     number, wrong = wrong_loss(solution, lesson)
@@ -416,6 +416,16 @@ def course_grades(tmp_path_factory, course_lessons):
             "wrong": number, "out": out}
 
 
+@pytest.mark.lesson("image_captioning")
+def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons):
+    """The smoke run's executed solution, graded as the grader grades a student's copy."""
+    lesson = course_lessons["image_captioning"]
+    solution = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
+    executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
+    grades = grade.grade_executed(lesson, executed, "ok", "", grade.self_check_cells(solution))
+    assert grades == {e.number: "pass" for e in lesson.exercises}
+
+
 def test_the_course_is_graded_as_expected(course_grades):
     lesson = course_grades["lesson"]
     source = nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4)
@@ -423,12 +433,7 @@ def test_the_course_is_graded_as_expected(course_grades):
     numbers = [e.number for e in lesson.exercises]
     rows = course_grades["csv"]
     assert course_grades["code"] == 0
-    assert sorted(rows) == ["broken.ipynb", "lab.ipynb", "solution.ipynb", "wrong_loss.ipynb"]
-
-    solution = rows["solution.ipynb"]
-    assert [solution[f"Exercise {n}"] for n in numbers] == ["pass"] * len(numbers)
-    assert (solution["lesson"], solution["passed"], solution["note"]) == (
-        "image_captioning", f"{len(numbers)}/{len(numbers)}", "")
+    assert sorted(rows) == ["broken.ipynb", "lab.ipynb", "wrong_loss.ipynb"]
 
     lab = rows["lab.ipynb"]
     assert lab["Exercise 1"] == NIE
@@ -454,8 +459,8 @@ def test_the_table_and_the_total_time_are_printed(course_grades):
     assert course_grades["markdown"] in printed
     assert ("Profile smoke, with -p EPOCHS=2, TRAIN_SPLIT='train[:64]', EVAL_IMAGES=16."
             in course_grades["markdown"])
-    assert re.search(r"\n4 files graded in \d+ s", printed)
+    assert re.search(r"\n3 files graded in \d+ s", printed)
     for title in (e.title for e in course_grades["lesson"].exercises):
         assert f"- {title} (check." in course_grades["markdown"]
-    for name in ("solution", "lab", "wrong_loss"):
+    for name in ("lab", "wrong_loss"):
         assert (course_grades["out"] / "executed" / f"{name}.ipynb").is_file()

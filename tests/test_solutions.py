@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from captioning_course import profiles
-from conftest import REPO, printed_text
+from conftest import LESSONS, REPO, printed_text
 
 # What the rehearsal may change: how many images, and where the bytes come from (a Source: a
 # copy of the slice in a real dataset's layout, archives at a file:// URL, a weights file).
@@ -16,15 +16,17 @@ REHEARSAL_MAY_SHRINK = {"TRAIN_SPLIT", "TRAIN_IMAGES", "EVAL_IMAGES"}
 GRU_LESSONS = ("image_captioning", "image_captioning_custom_loop")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("run", ["smoke_run", "rehearsal_run"])
-def test_every_solution_runs(run, request):
-    results = request.getfixturevalue(run)
-    assert set(results) == {p.stem for p in (REPO / "solutions").glob("*.ipynb")}
-    failures = {name: r.failure for name, r in results.items() if r.status != "ok"}
-    assert not failures
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_every_solution_runs_in_the_smoke_profile(smoke_run, lesson):
+    assert smoke_run[lesson].status == "ok", smoke_run[lesson].failure
 
 
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_every_solution_runs_in_the_rehearsal(rehearsal_run, lesson):
+    assert rehearsal_run[lesson].status == "ok", rehearsal_run[lesson].failure
+
+
+@pytest.mark.lesson("getting_started")
 def test_getting_started_records_the_slice_sizes_and_the_encoder_speed(smoke_run):
     metrics = smoke_run["getting_started"].metrics
     sizes = profiles.SMOKE.data_slice
@@ -61,6 +63,7 @@ def test_rehearsal_reads_coco_through_the_registered_coco_captions_builder(rehea
     assert f"DATA_DIR = \"{REPO / 'data' / 'coco'}\"" in injected
 
 
+@pytest.mark.lesson("image_captioning_transformer")
 def test_rehearsal_downloads_and_unpacks_flickr8k_with_the_lessons_code(rehearsal_run):
     result = rehearsal_run["image_captioning_transformer"]
     assert result.status == "ok", result.failure
@@ -71,6 +74,7 @@ def test_rehearsal_downloads_and_unpacks_flickr8k_with_the_lessons_code(rehearsa
     assert result.metrics["data"] == {"train": 64, "val": 100, "test": 32}
 
 
+@pytest.mark.lesson("image_captioning")
 def test_rehearsal_runs_the_main_lesson_at_full_scale(rehearsal_run):
     result = rehearsal_run["image_captioning"]
     injected = injected_parameters(result.executed)

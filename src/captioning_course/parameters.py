@@ -128,14 +128,21 @@ def prepare_folder(folder: Path) -> None:
 
 
 def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
-    """Make what the profile's values stand for: the data slice, its copies, weights files."""
-    if profile.data_slice is not None:  # prepared copies point at it too
-        prepare_folder(data_dir)
-        data_slice.prepare(data_dir, profile.data_slice)
-    sources = {value for lesson in lessons for value in profile.overrides_for(lesson).values()
-               if isinstance(value, Source)}
-    for source in sorted(sources, key=repr):
-        source.prepare(data_dir, profile.data_slice or data_slice.SliceParams())
+    """Make what the profile's values stand for: the data slice, its copies, weights files.
+
+    One run at a time writes them: a second run (a grading beside an execution, say) waits
+    for the first, then finds them made.
+    """
+    from filelock import FileLock
+
+    prepare_folder(data_dir)
+    with FileLock(data_dir / ".prepare.lock"):
+        if profile.data_slice is not None:  # prepared copies point at it too
+            data_slice.prepare(data_dir, profile.data_slice)
+        sources = {value for lesson in lessons for value in profile.overrides_for(lesson).values()
+                   if isinstance(value, Source)}
+        for source in sorted(sources, key=repr):
+            source.prepare(data_dir, profile.data_slice or data_slice.SliceParams())
 
 
 def kernel_environment(profile: Profile, build_dir: Path) -> dict[str, str]:
