@@ -20,8 +20,6 @@ TINY_SLICE = data_slice.SliceParams(train=24, val=6, test=6, seed=7)
 
 
 LESSONS = tuple(sorted(p.stem for p in (REPO / "solutions").glob("*.ipynb")))
-# The fixtures that execute whole lessons, one profile each, and the profiles' names.
-LESSON_RUNS = {"smoke_run": "smoke", "rehearsal_run": "rehearsal"}
 # Time limits: a test that executes a whole lesson may be the first to ask for it (the
 # runner bounds each notebook too); other slow tests start a kernel, a browser or pip.
 EXECUTING_LIMIT_S = 45 * 60
@@ -29,7 +27,7 @@ SLOW_LIMIT_S = 15 * 60  # pyproject.toml sets the limit of every other test
 
 
 def lesson_of(item) -> str:
-    """The one lesson a test reads the executed run of: its `lesson` parameter, its `lesson`
+    """The one lesson a test reads the rehearsal of: its `lesson` parameter, its `lesson`
     marker, or the lesson its module is named after (tests/test_LESSON.py)."""
     marker = item.get_closest_marker("lesson")
     named = getattr(getattr(item, "callspec", None), "params", {}).get("lesson") or (
@@ -40,35 +38,21 @@ def lesson_of(item) -> str:
     return named
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks it adds
 def pytest_collection_modifyitems(items):
-    """Limit every test's time; under pytest-xdist, send the tests that read one lesson's run
-    to one worker (the lesson then runs once) and each module's tests to one worker (its
-    fixtures are then built once), the longest runs first."""
+    """Mark the tests that execute notebooks slow, and limit every test's time."""
     for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        runs = [LESSON_RUNS[name] for name in LESSON_RUNS if name in used]
-        if runs:
-            [profile] = runs  # one worker holds one profile's run of a lesson
-            group = f"{profile}-{lesson_of(item)}"
-        else:
-            group = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-        if EXECUTING_FIXTURES & used:
+        if EXECUTING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.timeout(EXECUTING_LIMIT_S))
         elif item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.timeout(SLOW_LIMIT_S))
 
-    # The later lessons take longer (the Transformer longest), and the smoke run is longer
-    # than the rehearsal: started first, the longest runs leave no worker waiting at the end.
-    def cost(item) -> tuple:
-        group = item.get_closest_marker("xdist_group").args[0]
-        profile, _, lesson = group.partition("-")
-        if lesson in LESSONS:
-            return (-LESSONS.index(lesson), list(LESSON_RUNS.values()).index(profile))
-        return (1, 0)
 
-    items.sort(key=cost)
+def lessons_read(items, fixture: str) -> list[str]:
+    """The lessons whose run by `fixture` the selected tests read."""
+    return sorted({lesson_of(item) for item in items
+                   if fixture in getattr(item, "fixturenames", ())})
 
 
 @pytest.fixture(scope="session")
@@ -81,36 +65,57 @@ def tiny_slice_dir(tmp_path_factory) -> Path:
 
 # The oldest supported Python, in the environment `make test` builds for it (.venv-py3.10).
 OLDEST_PYTHON = Path(os.environ.get("COURSE_OLDEST_PYTHON", REPO / ".venv-py3.10/bin/python"))
-# Runs solutions with the runner of an environment; writes the results as JSON.
+# Runs solutions with the runner of an environment; writes each one's result as JSON.
 RUN_SOLUTIONS = """
 import dataclasses, json, sys
 from pathlib import Path
 from captioning_course import profiles, runner
-profile, repo, results_file, *lessons = sys.argv[1:]
-repo = Path(repo)
-results = runner.run([repo / "solutions" / f"{lesson}.ipynb" for lesson in lessons],
-                     profiles.get(profile), repo / "data", repo / "build", repo / "sample_images")
-print(runner.summary_table(results))
-Path(results_file).write_text(json.dumps([{**dataclasses.asdict(r), "notebook": str(r.notebook),
-                                     "executed": str(r.executed)} for r in results]))
+profile, repo, results_dir, *lessons = sys.argv[1:]
+for lesson in lessons:
+    [result] = runner.run([Path(repo) / "solutions" / f"{lesson}.ipynb"], profiles.get(profile),
+                          Path(repo) / "data", Path(repo) / "build", Path(repo) / "sample_images")
+    print(runner.summary_table([result]), flush=True)
+    (Path(results_dir) / f"{lesson}.json").write_text(json.dumps(
+        {**dataclasses.asdict(result), "notebook": str(result.notebook),
+         "executed": str(result.executed)}))
 """
 
 
 class SolutionRuns(Mapping):
     """The solutions executed under `profile` by `python`'s environment, as `make
-    execute-solutions` runs them there: each lesson the first time a test asks for it, then
-    shared by every test of the session. Executed copies and records stay in build/PROFILE/.
+    execute-solutions` runs them there: each lesson the first time a test asks for it, or
+    ahead of time in the background (`start`), then shared by every test of the session.
+    Executed copies and records stay in build/PROFILE/.
     """
 
     def __init__(self, profile: profiles.Profile, python: Path):
         self.profile, self.python = profile, python
+        self.results_dir = REPO / "build" / f"{profile.name}-results"
         self.results: dict[str, runner.Result] = {}
+        self.background: tuple[subprocess.Popen, set[str]] | None = None
+
+    def start(self, lessons: list[str], log: Path) -> None:
+        """Execute `lessons` in a process of their own while the tests go on."""
+        self.background = (self._runner(lessons, stdout=log.open("w"),
+                                        stderr=subprocess.STDOUT), set(lessons))
+
+    def stop(self) -> None:
+        """Stop what runs in the background: the session has ended without it."""
+        if self.background and self.background[0].poll() is None:
+            execution.stop_process_tree(self.background[0])
 
     def __getitem__(self, lesson: str) -> runner.Result:
         if lesson not in LESSONS:
             raise KeyError(lesson)
         if lesson not in self.results:
-            self.results[lesson] = self._execute(lesson)
+            if self.background and lesson in self.background[1]:
+                self._wait(self.background[0], lesson)
+            else:
+                self._wait(self._runner([lesson]), lesson)
+            result = json.loads((self.results_dir / f"{lesson}.json").read_text())
+            self.results[lesson] = runner.Result(**{
+                **result, "notebook": Path(result["notebook"]),
+                "executed": Path(result["executed"])})
         return self.results[lesson]
 
     def __iter__(self):
@@ -119,24 +124,24 @@ class SolutionRuns(Mapping):
     def __len__(self) -> int:
         return len(LESSONS)
 
-    def _execute(self, lesson: str) -> runner.Result:
+    def _runner(self, lessons: list[str], **output) -> subprocess.Popen:
         if not self.python.is_file():
             pytest.fail(f"no Python at {self.python}: `make test` builds the environments it runs")
-        results_file = REPO / "build" / f"{self.profile.name}-{lesson}-result.json"
-        results_file.unlink(missing_ok=True)
-        process = subprocess.Popen([str(self.python), "-c", RUN_SOLUTIONS, self.profile.name,
-                                    str(REPO), str(results_file), lesson], cwd=REPO)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        for lesson in lessons:
+            (self.results_dir / f"{lesson}.json").unlink(missing_ok=True)
+        return subprocess.Popen([str(self.python), "-c", RUN_SOLUTIONS, self.profile.name,
+                                 str(REPO), str(self.results_dir), *lessons], cwd=REPO, **output)
+
+    def _wait(self, process: subprocess.Popen, lesson: str) -> None:
         try:  # a test's time limit stops the notebook's kernel too, not only this child
             process.wait()
         finally:
             if process.returncode is None:
                 execution.stop_process_tree(process)
-        if process.returncode != 0:
+        if not (self.results_dir / f"{lesson}.json").is_file():
             pytest.fail(f"the runner stopped with exit code {process.returncode} "
                         f"before it recorded {lesson} ({self.profile.name})")
-        [result] = json.loads(results_file.read_text())
-        return runner.Result(**{**result, "notebook": Path(result["notebook"]),
-                                "executed": Path(result["executed"])})
 
 
 @pytest.fixture(scope="session")
@@ -146,10 +151,27 @@ def smoke_run() -> SolutionRuns:
 
 
 @pytest.fixture(scope="session")
-def rehearsal_run() -> SolutionRuns:
+def rehearsal_run(request) -> SolutionRuns:
     """The full profile's sizes and code paths on a few dozen images, on the oldest supported
-    Python with its own pins: it must run."""
-    return SolutionRuns(profiles.REHEARSAL, OLDEST_PYTHON)
+    Python with its own pins: it must run.
+
+    The lessons the selected tests read start at once, in the background: on two cores they
+    run beside the smoke runs and the other tests in about two thirds of the time one after
+    the other would take. Their messages go to build/rehearsal-runs.log.
+    """
+    runs = SolutionRuns(profiles.REHEARSAL, OLDEST_PYTHON)
+    lessons = lessons_read(request.session.items, "rehearsal_run")
+    if lessons:
+        runs.start(lessons, REPO / "build" / "rehearsal-runs.log")
+    yield runs
+    runs.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rehearsal_ahead(request) -> None:
+    """Starts the rehearsal with the session when any selected test reads it."""
+    if lessons_read(request.session.items, "rehearsal_run"):
+        request.getfixturevalue("rehearsal_run")
 
 
 def recorded_metrics(run: dict[str, runner.Result], lesson: str) -> dict:

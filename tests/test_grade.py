@@ -416,7 +416,6 @@ def course_grades(tmp_path_factory, course_lessons):
             "wrong": number, "out": out}
 
 
-@pytest.mark.lesson("image_captioning")
 def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons):
     """The smoke run's executed solution, graded as the grader grades a student's copy."""
     lesson = course_lessons["image_captioning"]

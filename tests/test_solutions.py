@@ -26,7 +26,6 @@ def test_every_solution_runs_in_the_rehearsal(rehearsal_run, lesson):
     assert rehearsal_run[lesson].status == "ok", rehearsal_run[lesson].failure
 
 
-@pytest.mark.lesson("getting_started")
 def test_getting_started_records_the_slice_sizes_and_the_encoder_speed(smoke_run):
     metrics = smoke_run["getting_started"].metrics
     sizes = profiles.SMOKE.data_slice
