@@ -96,6 +96,7 @@ class SolutionRuns(Mapping):
 
     def start(self, lessons: list[str], log: Path) -> None:
         """Execute `lessons` in a process of their own while the tests go on."""
+        log.parent.mkdir(parents=True, exist_ok=True)
         self.background = (self._runner(lessons, stdout=log.open("w"),
                                         stderr=subprocess.STDOUT), set(lessons))
 
