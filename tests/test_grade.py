@@ -295,6 +295,8 @@ def tiny_grades(tiny_lessons, tmp_path_factory):
     (folder / ".ipynb_checkpoints").mkdir()
     (folder / ".ipynb_checkpoints" / "lab-checkpoint.ipynb").write_bytes(b"skipped")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    # Processes of this session's own, such as the rehearsal running in the background.
+    already_running = set(psutil.Process().children(recursive=True))
     out = tmp_path_factory.mktemp("grades")
     rows = grade.grade(folder, PLAIN, out, tiny_lessons, out / "data", out / "images",
                        timeout_s=LIMIT)
@@ -302,7 +304,8 @@ def tiny_grades(tiny_lessons, tmp_path_factory):
         "rows": {row.file: row for row in rows}, "csv": read_csv(out / grade.CSV_FILE),
         "markdown": (out / grade.MARKDOWN_FILE).read_text(), "out": out, "folder": folder,
         "unchanged": before == {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()},
-        "left_running": psutil.Process().children(recursive=True),
+        "left_running": [p for p in psutil.Process().children(recursive=True)
+                         if p not in already_running],
         "forever": forever,
     }
 
@@ -421,6 +424,7 @@ def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons):
     lesson = course_lessons["image_captioning"]
     solution = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
     executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
+    assert grade.identify(solution, course_lessons, "solution.ipynb") == (lesson, "")
     grades = grade.grade_executed(lesson, executed, "ok", "", grade.self_check_cells(solution))
     assert grades == {e.number: "pass" for e in lesson.exercises}
 
@@ -433,6 +437,7 @@ def test_the_course_is_graded_as_expected(course_grades):
     rows = course_grades["csv"]
     assert course_grades["code"] == 0
     assert sorted(rows) == ["broken.ipynb", "lab.ipynb", "wrong_loss.ipynb"]
+    assert rows["lab.ipynb"]["lesson"] == rows["wrong_loss.ipynb"]["lesson"] == "image_captioning"
 
     lab = rows["lab.ipynb"]
     assert lab["Exercise 1"] == NIE
