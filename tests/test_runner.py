@@ -369,7 +369,7 @@ def test_ctrl_c_or_sigterm_stops_everything_and_prints_what_ran(tmp_path, stop):
             assert process.wait(timeout=60) == 130
         finally:
             if process.returncode is None:
-                runner.stop_process_tree(process)
+                execution.stop_process_tree(process)
     printed = out.read_text()
     assert "quick.ipynb | ok" in printed and "stuck.ipynb | interrupted" in printed
     assert f"interrupted; cell 2 ('!sleep {marker}') was still running" in printed

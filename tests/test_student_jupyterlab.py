@@ -30,8 +30,8 @@ import nbformat
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from captioning_course.execution import stop_process_tree
 from captioning_course.kernel import DISPLAY_NAME
-from captioning_course.runner import stop_process_tree
 from conftest import REPO, install_kernel
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -32,9 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from captioning_course import execution, profiles, record
-
-# Imported from here by tools written before it moved to `execution`.
-from captioning_course.execution import stop_process_tree as stop_process_tree
 from captioning_course.parameters import SetupError as RunnerError
 from captioning_course.parameters import (
     add_profile_arguments,
