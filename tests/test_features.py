@@ -426,3 +426,33 @@ def test_the_manifest_records_key_fields_and_shards(tmp_path, cnn):
     assert [(s["file"], s["bytes"]) for s in manifest["shards"]] == [
         (p.name, p.stat().st_size) for p in shard_files(cached)]
     assert build(tmp_path, Encoder(cnn), key).extraction_seconds is None
+
+
+def test_cnn_features_reuses_only_for_the_same_settings_and_weights(tmp_path, capsys, cnn):
+    settings = {"dataset": "tiny", "split": "train", "image_size": 16}
+
+    def extract(model, **changes):
+        return features.cnn_features(dataset(), model, name=NAME, settings={**settings, **changes},
+                                     folder=tmp_path, batch_size=BATCH)
+
+    assert_cache_holds(extract(cnn), cnn)
+    assert extract(cnn).extraction_seconds is None  # the same settings and weights: reused
+    assert extract(cnn, image_size=32).extraction_seconds is not None
+    other = tiny_cnn(1)
+    assert_cache_holds(extract(other, image_size=32), other)  # new weights: computed again
+    assert "cnn" in capsys.readouterr().out
+
+
+def test_cnn_features_keys_a_long_setting_by_its_digest(tmp_path, cnn):
+    captions = [f"caption number {i} of a long list" for i in range(100)]
+
+    def extract(listed):
+        return features.cnn_features(dataset(), cnn, name=NAME, folder=tmp_path, batch_size=BATCH,
+                                     settings={"split": "train", "captions": listed})
+
+    cached = extract(captions)
+    key = json.loads((cached.path / features.MANIFEST).read_text())["key"]
+    assert key["captions"].startswith("sha256:") and key["split"] == "train"
+    assert key["cnn"] == model_fingerprint(cnn)
+    assert extract(captions).extraction_seconds is None
+    assert extract([*captions[:-1], "another caption"]).extraction_seconds is not None

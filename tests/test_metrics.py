@@ -64,3 +64,24 @@ def test_the_record_says_how_the_captions_were_scored(tmp_path, monkeypatch):
         recorded = record.load_metrics(tmp_path)
         assert recorded == {"images": 2, "scoring": metrics.scoring()}
         assert recorded["scoring"]["tokenizer"] == tokenizer
+
+
+def test_the_baseline_is_the_most_written_caption():
+    assert metrics.most_frequent_caption(["a cat", "a dog", "a cat"]) == ("a cat", 2)
+    with pytest.raises(ValueError, match="no captions"):
+        metrics.most_frequent_caption([])
+
+
+def test_the_score_table_scores_each_list_and_prints_them_side_by_side(capsys):
+    references = [REFERENCES[1], REFERENCES[2]]
+    scores = metrics.score_table(references, {
+        "model": ["a red circle on the left", "a blue square at the top"],
+        "baseline": ["a red circle on the left"] * 2})
+    assert scores["model"] == metrics.caption_scores(dict(enumerate(references)), {
+        0: "a red circle on the left", 1: "a blue square at the top"})
+    assert scores["model"]["CIDEr"] > scores["baseline"]["CIDEr"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["metric", "model", "baseline"]
+    assert [line.split()[0] for line in printed[1:]] == list(scores["model"])
+    with pytest.raises(ValueError, match="'model' has 1 captions for 2 images"):
+        metrics.score_table(references, {"model": ["a red circle"]})

@@ -52,6 +52,8 @@ SHARD_BYTES = 256 * 10**6  # big enough for fast sequential reads, small enough 
 _SHARD_NAME = re.compile(r"shard-\d{5}\.tfrecord")
 # A key value longer than this (a fingerprint, a long list) is named, not shown, in messages.
 _SHOWN_VALUE_CHARS = 24
+# A cnn_features setting longer than this as JSON is keyed by its digest.
+_COMPACT_CHARS = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +153,7 @@ def cached_features(
         if manifest is not None:
             return _reused(final, manifest, description)
         if reason is None:
-            print(f"Computing the {description} in {final}; later runs with the same key "
+            print(f"Computing the {description} in {final}; later runs with the same settings "
                   "reuse them.")
         else:
             print(f"Recomputing the {description} in {final}: {reason}.")
@@ -174,6 +176,36 @@ def cached_features(
         return _open(final, manifest, extraction_seconds=time.perf_counter() - start)
     finally:
         lock.release()
+
+
+def cnn_features(
+    examples: tf.data.Dataset,
+    cnn: keras.Model,
+    *,
+    name: str,
+    settings: dict,
+    folder: str | Path,
+    batch_size: int,
+    total: int | None = None,
+) -> CachedFeatures:
+    """`cached_features` of a frozen Keras CNN, as the lessons call it.
+
+    The key is `settings` (everything the lesson did to get the images: dataset, split, count,
+    size, preprocessing...) and `model_fingerprint(cnn)`, so new weights recompute the
+    features too. A setting whose JSON is long (the captions of a split) enters the key as its
+    sha256. The CNN runs as one `tf.function`, on one device.
+    """
+    key = {**{setting: _compact(value) for setting, value in settings.items()},
+           "cnn": model_fingerprint(cnn)}
+    return cached_features(examples, tf.function(cnn), name=name, key=key, folder=folder,
+                           batch_size=batch_size, total=total)
+
+
+def _compact(value: Any) -> Any:
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= _COMPACT_CHARS:
+        return value
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _reused(final: Path, manifest: dict, description: str) -> CachedFeatures:

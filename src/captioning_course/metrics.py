@@ -11,6 +11,7 @@ scored.
 
 from __future__ import annotations
 
+import collections
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -78,4 +79,29 @@ def caption_scores(references: Mapping[int, Sequence[str]],
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, cands)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, cands)[0])
     _scored = True
+    return scores
+
+
+def most_frequent_caption(captions: Sequence[str]) -> tuple[str, int]:
+    """The image-blind baseline of the main lesson: the caption written most often, and how
+    often."""
+    if not captions:
+        raise ValueError("no captions to choose a baseline from")
+    return collections.Counter(captions).most_common(1)[0]
+
+
+def score_table(references: Sequence[Sequence[str]],
+                candidates: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    """`caption_scores` of each named list of captions (one per image, in the order of
+    `references`), printed side by side, one metric per row."""
+    by_id = dict(enumerate(references))
+    scores = {}
+    for name, captions in candidates.items():
+        if len(captions) != len(references):
+            raise ValueError(f"{name!r} has {len(captions)} captions for {len(references)} "
+                             "images")
+        scores[name] = caption_scores(by_id, dict(enumerate(captions)))
+    print(f"{'metric':8}" + "".join(f" {name:>9}" for name in scores))
+    for metric in next(iter(scores.values()), {}):
+        print(f"{metric:8}" + "".join(f" {s[metric]:9.3f}" for s in scores.values()))
     return scores
