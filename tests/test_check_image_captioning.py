@@ -310,7 +310,8 @@ def boolean_mask_then_mean(targets, logits):
 
 
 def tf_nn_cross_entropy(targets, logits):
-    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    labels = tf.cast(targets, "int32")  # fit passes float32 targets; tf.nn wants integers
+    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return masked_average(per_token, real_tokens(targets))
 
 
@@ -479,3 +480,13 @@ def test_decode_wrong_loops(lesson, replace, message):
     exec(solution_cell("def decode(", replace), namespace)  # noqa: S102
     with fails_with(message):
         check.decode(namespace["decode"])
+
+
+def integer_targets_only(targets, logits):
+    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    return masked_average(per_token, real_tokens(targets))
+
+
+def test_a_masked_loss_for_integer_targets_only_is_named_as_fit_would_call_it():
+    with fails_with("as fit calls it, with the targets as float32", "Exercise 4 (masked_loss)"):
+        check.masked_loss(integer_targets_only)

@@ -146,6 +146,21 @@ def masked_loss_variants(labels: np.ndarray, logits: np.ndarray, real: np.ndarra
     }
 
 
+def loss_as_fit_calls(exercise: str, who: str, loss: Callable, targets, predictions):
+    """`loss(targets, predictions)` called as `fit` calls a loss given to `compile`: Keras wraps
+    it and converts the targets to the loss's dtype, float32, before the call."""
+    class AsCompiled(keras.losses.Loss):  # Loss.__call__ converts, as for a compiled loss
+        def call(self, y_true, y_pred):
+            return loss(y_true, y_pred)
+
+    try:
+        return AsCompiled()(targets, predictions)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        fail(exercise, f"{who} fails as fit calls it, with the targets as float32 (Keras "
+                       f"converts them to the loss's dtype): {one_line(error)}; cast them to "
+                       "integers where you need ids", error)
+
+
 # Inside a tf.function, as in training ------------------------------------------------------
 
 FAILS_IN_A_TF_FUNCTION = "fails inside a tf.function as in training: use keras.ops, not NumPy"

@@ -17,6 +17,7 @@ from captioning_course.check.core import (
     fail,
     judge,
     locals_where_raised,
+    loss_as_fit_calls,
     masked_loss_variants,
     one_line,
     print_pass,
@@ -308,6 +309,12 @@ def masked_loss(loss: Callable, exercise: str = "Exercise 4 (masked_loss)") -> N
           f"expected {variants['correct']:.4f} for a fixed batch, got {value:.4f}: "
           "cross-entropy from logits, masked where targets == 0, averaged", same=same_number)
     check_in_a_graph(exercise, loss, inputs, right="the value is right", who="masked_loss")
+    as_fit = scalar(exercise, "masked_loss", loss_as_fit_calls(exercise, "masked_loss", loss,
+                                                                *inputs), "the averaged loss")
+    if not same_number(as_fit, value):
+        fail(exercise, f"with the targets as float32, as fit passes them, the loss is "
+                       f"{as_fit:.4f} instead of {value:.4f}: cast them to integers where you "
+                       "need ids")
     print_pass(exercise, "padding is ignored and the loss is averaged over real tokens")
 
 
