@@ -13,10 +13,11 @@ from test_check_core import fails_with, passes
 
 from captioning_course import check, labs
 from captioning_course.check import image_captioning_custom_loop as lesson_checks
+from captioning_course.training import masked_loss
 from conftest import REPO, edited_definitions, notebook_definitions
 
 LESSON_2 = REPO / "solutions" / "image_captioning_custom_loop.ipynb"
-ANSWERS = ("BahdanauAttention", "RNNDecoder", "teacher_forcing")
+ANSWERS = ("BahdanauAttention", "RNNDecoder", "teacher_forcing", "train_step")
 # Each exercise's marked block in the authored lesson: the answer, and the lab's placeholder.
 EXERCISES = {exercise.number: exercise for exercise in labs.exercises(
     nbformat.read(REPO / "notebooks" / LESSON_2.name, as_version=4))}
@@ -37,7 +38,8 @@ def unanswered(number: int) -> tuple[str, str]:
 
 def lesson_2(*replace: tuple[str, str]) -> dict:
     """The lesson's answers defined in a fresh namespace, each (old, new) replaced once."""
-    namespace = {"keras": keras, "layers": layers, "ops": ops, "tf": tf, "np": np}
+    namespace = {"keras": keras, "layers": layers, "ops": ops, "tf": tf, "np": np,
+                 "masked_loss": masked_loss}
     return edited_definitions(LESSON_2, ANSWERS, namespace, *replace)
 
 
@@ -46,7 +48,8 @@ def test_lesson_2_checks_pass_on_the_solution(capsys):
     check.bahdanau_attention(namespace["BahdanauAttention"])
     check.decoder_step(namespace["RNNDecoder"])
     check.teacher_forcing(namespace["teacher_forcing"])
-    passes(capsys, 1, 2, 3, 4)
+    check.train_step(namespace["train_step"])
+    passes(capsys, 1, 2, 3, 4, 5)
 
 
 def test_lesson_2_checks_pass_under_mixed_precision(capsys):
@@ -64,14 +67,12 @@ def test_lesson_2_checks_pass_under_mixed_precision(capsys):
 
 
 def test_lesson_2_checks_pass_on_the_notebook(capsys):
-    namespace = notebook_definitions(LESSON_2, "BahdanauAttention", "RNNDecoder",
-                                     "teacher_forcing", "masked_loss")
+    namespace = notebook_definitions(LESSON_2, *ANSWERS)
     check.bahdanau_attention(namespace["BahdanauAttention"])
     check.decoder_step(namespace["RNNDecoder"])
     check.teacher_forcing(namespace["teacher_forcing"])
-    passes(capsys, 1, 2, 3, 4)
-    check.masked_loss(namespace["masked_loss"])  # exercise 5
-    assert capsys.readouterr().out.startswith("PASS Exercise")
+    check.train_step(namespace["train_step"])
+    passes(capsys, 1, 2, 3, 4, 5)
 
 
 # Exercises 1 and 2: the attention weights and the context vector
@@ -368,3 +369,118 @@ def test_teacher_forcing_check_works_with_the_real_decoder():
     graph = tf.function(namespace["teacher_forcing"])(decoder, features, tf.constant(captions))
     assert eager.shape == graph.shape == (2, 5, 11)
     np.testing.assert_allclose(eager, graph, rtol=1e-4, atol=1e-5)
+
+
+# Exercise 5: the training step
+
+EX5 = r"^Exercise 5 \(training step\): "
+TAPE = """\
+    with tf.GradientTape() as tape:
+        encoded = encoder(features, training=True)
+"""
+ENCODED = "encoder(features, training=True)"
+VARIABLES = "variables = encoder.trainable_variables + decoder.trainable_variables"
+APPLIED = "optimizer.apply_gradients(zip(gradients, variables, strict=True))"
+GRADIENTS = "gradients = tape.gradient(loss, variables)"
+LOSS = "masked_loss(captions[:, 1:], teacher_forcing(decoder, encoded, captions))"
+RETURNED = "    return loss"
+PER_MODEL = """\
+    with tf.GradientTape() as tape:
+        loss = masked_loss(captions[:, 1:], teacher_forcing(
+            decoder, encoder(features, training=True), captions))
+    encoder_gradients, decoder_gradients = tape.gradient(
+        loss, [encoder.trainable_variables, decoder.trainable_variables])
+    optimizer.apply(encoder_gradients + decoder_gradients,
+                    encoder.trainable_variables + decoder.trainable_variables)
+    return loss
+"""
+
+
+@pytest.mark.parametrize("replace", [
+    pytest.param((APPLIED, "optimizer.apply(gradients, variables)"), id="apply"),
+    pytest.param((APPLIED, "optimizer.apply(gradients)"), id="apply-built-variables"),
+    pytest.param((APPLIED, "optimizer.apply_gradients(zip(gradients, variables))"),
+                 id="zip-not-strict"),
+    pytest.param((APPLIED, "optimizer.apply_gradients(list(zip(gradients, variables)))"),
+                 id="list-of-pairs"),
+    pytest.param((VARIABLES, "variables = (*encoder.trainable_variables, "
+                             "*decoder.trainable_variables)"), id="tuple"),
+    pytest.param((ENCODED, "encoder(regions=features, training=True)"), id="keywords"),
+    pytest.param((f"        loss = {LOSS}\n    {VARIABLES}\n    {GRADIENTS}",
+                  f"        loss = {LOSS}\n        {VARIABLES}\n        {GRADIENTS}"),
+                 id="gradient-inside-the-tape"),
+    pytest.param((LOSS, "masked_loss(targets=captions[:, 1:], "
+                        "logits=teacher_forcing(decoder, encoded, captions))"), id="loss-keywords"),
+    pytest.param((answer(5).rstrip("\n"), PER_MODEL.rstrip("\n")), id="gradients-per-model"),
+])
+def test_train_step_accepts_equivalent_forms(replace, capsys):
+    check.train_step(lesson_2(replace)["train_step"])
+    passes(capsys, 5)
+
+
+def test_train_step_check_accepts_a_step_without_its_own_tf_function(capsys):
+    check.train_step(lesson_2(("@tf.function\ndef train_step", "def train_step"))["train_step"])
+    passes(capsys, 5)
+
+
+@pytest.mark.parametrize("replace,message", [
+    pytest.param((f"{TAPE}        loss = ", "    with tf.GradientTape() as tape:\n        pass\n"
+                                         "    encoded = encoder(features, training=True)\n"
+                                         "    loss = "),
+                 EX5 + "every gradient is None: compute the loss inside the `with "
+                       "tf.GradientTape\\(\\) as tape:` block", id="no-tape"),
+    pytest.param((TAPE, "    encoded = encoder(features, training=True)\n"
+                        "    with tf.GradientTape() as tape:\n"),
+                 EX5 + "the encoder's gradients are None: call the encoder inside the tape",
+                 id="encoder-outside-the-tape"),
+    pytest.param((VARIABLES, "variables = decoder.trainable_variables"),
+                 EX5 + "the encoder's weights are not updated: take the gradients with respect "
+                       "to the encoder's trainable variables too", id="decoder-only"),
+    pytest.param((VARIABLES, "variables = encoder.trainable_variables"),
+                 EX5 + "the decoder's weights are not updated", id="encoder-only"),
+    pytest.param((VARIABLES, "variables = encoder.variables + decoder.variables"),
+                 EX5 + "the optimizer is given variables it does not update, such as a "
+                       "dropout's seed state: take the gradients of trainable_variables",
+                 id="all-variables"),
+    pytest.param((GRADIENTS, "gradients = tape.gradient(loss, encoder.trainable_variables) + "
+                             "tape.gradient(loss, decoder.trainable_variables)"),
+                 EX5 + "tape.gradient is called twice on one tape", id="two-gradient-calls"),
+    pytest.param((ENCODED, "encoder(features)"),
+                 EX5 + "the encoder is called with training=None, so its dropout is off during "
+                       "the step: pass training=True", id="training-not-passed"),
+    pytest.param((ENCODED, "encoder(features, training=False)"),
+                 EX5 + "the encoder is called with training=False", id="training-false"),
+    pytest.param((ENCODED, "encoder(features, True)"),
+                 EX5 + "a model was given training positionally: Keras takes only tensors "
+                       "positionally", id="training-positional"),
+    pytest.param((LOSS, "ops.mean(keras.losses.sparse_categorical_crossentropy("
+                        "captions[:, 1:], teacher_forcing(decoder, encoded, captions), "
+                        "from_logits=True))"),
+                 EX5 + "the loss counts the padding: use masked_loss", id="unmasked"),
+    pytest.param((LOSS, "ops.sum(keras.losses.sparse_categorical_crossentropy("
+                        "captions[:, 1:], teacher_forcing(decoder, encoded, captions), "
+                        "from_logits=True) * ops.cast(captions[:, 1:] != 0, 'float32'))"),
+                 EX5 + "the loss is summed, not averaged over the real tokens", id="summed"),
+    pytest.param(("masked_loss(captions[:, 1:],", "masked_loss(captions[:, :-1],"),
+                 EX5 + "the targets are not aligned with the logits", id="targets-unshifted"),
+    pytest.param((f"    {APPLIED}\n", ""),
+                 EX5 + "the loss is right, but the weights did not change: apply the gradients",
+                 id="no-apply"),
+    pytest.param((APPLIED, f"{APPLIED}\n    {APPLIED}"),
+                 EX5 + "the optimizer is applied 2 times in one step", id="applied-twice"),
+    pytest.param((APPLIED, "optimizer.apply_gradients(zip([-g for g in gradients], variables))"),
+                 EX5 + "the weights move up the gradient", id="ascent"),
+    pytest.param((RETURNED, ""), EX5 + "train_step returns None", id="returns-nothing"),
+    pytest.param((RETURNED, "    return loss, gradients"),
+                 EX5 + r"return one number \(a scalar\), not a tuple", id="returns-a-tuple"),
+    pytest.param((RETURNED, "    return loss.numpy()"),
+                 EX5 + "train_step runs inside a tf.function, where tensors have no value to "
+                       "read: return the loss tensor itself", id="numpy"),
+    pytest.param(tuple(edit.rstrip("\n") for edit in unanswered(5)),  # the last definition
+                 EX5 + "train_step raised NotImplementedError: Exercise 5: the training step$",
+                 id="unanswered"),
+])
+def test_train_step_wrong_steps(replace, message, capsys):
+    with fails_with(message):
+        check.train_step(lesson_2(replace)["train_step"])
+    passes(capsys)
