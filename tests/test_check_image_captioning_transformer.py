@@ -251,12 +251,16 @@ def in_tensorflow(counts, banned_ids):
     return tf.where(counts > 0, tf.math.log(counts / tf.reduce_sum(counts)), -1e9)
 
 
+def log_count_minus_log_total(counts, banned_ids):
+    allowed = ~banned_or_unseen(counts, banned_ids)
+    return np.where(allowed, np.log(np.maximum(counts, 1)) - np.log(np.sum(counts[allowed])),
+                    -1e9)
+
+
 @pytest.mark.parametrize("fn", **cases({
-    "log-counts": lambda counts, ids: np.where(banned_or_unseen(counts, ids), -1e9,
-                                               np.log(np.maximum(counts, 1))),
-    "log-p-over-every-token": lambda counts, ids: np.where(
-        banned_or_unseen(counts, ids), -1e9, np.log(np.maximum(counts, 1) / np.sum(counts))),
+    "log-count-minus-log-total": log_count_minus_log_total,
     "tensorflow": in_tensorflow,
+    "tensorflow-list-of-ids": lambda counts, ids: in_tensorflow(counts, list(ids)).numpy(),
 }))
 def test_log_frequency_bias_accepts_equivalent_forms(fn, capsys):
     check.log_frequency_bias(fn)
@@ -292,6 +296,14 @@ def returning(expression: str) -> tuple[str, str]:
                         r"never-seen tokens get \[0.0, 0.0, 0.0\]: give every token"),
     "one-more-banned": ((BANNED_ZEROED, "counts[[*banned_ids, 2]] = 0"),
                         r"ids \[2\] are banned though they are seen and not in banned_ids"),
+    # softmax does not mind a constant, but the lesson reads exp(bias) as probabilities.
+    "log-counts": (("probabilities = counts / counts.sum()", "probabilities = counts"),
+                   "exp of the allowed biases sums to 482, not 1: the lesson reads them "
+                   "as probabilities; divide the counts by the total of the allowed ones"),
+    "divided-before-banning": (("    " + BANNED_ZEROED + "\n    probabilities = counts / "
+                                "counts.sum()\n", "    probabilities = counts / counts.sum()\n"
+                                "    " + BANNED_ZEROED + "\n"),
+                               "exp of the allowed biases sums to 0.0854, not 1"),
     "log10": (("np.log(probabilities", "np.log10(probabilities"),
               "softmax.biases. is not the tokens' frequencies"),
     "in-place": (('    counts = np.array(counts, dtype="float64")\n', ""),
@@ -338,7 +350,7 @@ def per_token(labels, logits, from_logits=True):
 
 def mean_over(values, mask):
     mask = ops.cast(mask, "float32")
-    return ops.sum(ops.cast(values, "float32") * mask) / ops.sum(mask)
+    return ops.sum(ops.cast(values, "float32") * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
 def real(labels, logits=None):
@@ -370,8 +382,9 @@ def loss_object(labels, logits):
     "ops-and-tf.argmax": (loss_with(), lambda labels, logits: mean_over(
         tf.argmax(logits, -1) == tf.cast(labels, tf.int64), real(labels))),
     "boolean-mask-and-ops.equal": (
-        lambda labels, logits: tf.reduce_mean(tf.boolean_mask(per_token(labels, logits),
-                                                              labels > 1)),
+        lambda labels, logits: tf.reduce_sum(tf.boolean_mask(per_token(labels, logits),
+                                                             labels > 1))
+        / tf.maximum(tf.reduce_sum(tf.cast(labels > 1, tf.float32)), 1.0),
         lambda labels, logits: mean_over(ops.equal(ops.argmax(logits, -1), labels),
                                          real(labels))),
     "loss-object": (loss_object, masked_acc),
@@ -380,6 +393,69 @@ def test_loss_and_accuracy_accept_equivalent_forms(loss, accuracy, capsys):
     check.masked_loss_and_accuracy(loss, accuracy)
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed] == [f"PASS {EX5}", f"PASS {EX6}"]
+
+
+LOSS_LINES = ("    per_token = keras.losses.sparse_categorical_crossentropy(labels, logits, "
+              "from_logits=True)\n")
+LOSS_RETURN = "return ops.sum(per_token * mask) / ops.maximum(ops.sum(mask), 1.0)"
+ACC_RETURN = "return ops.sum(hits) / ops.maximum(ops.sum(mask), 1.0)"
+
+
+def edited_loss_and_accuracy(*replace: tuple[str, str]) -> tuple:
+    """The lesson's masked_loss and masked_acc with each (old, new) of `replace` made once."""
+    edited = edited_definitions(LESSON_3, ("masked_loss", "masked_acc"),
+                                {"keras": keras, "ops": ops, "tf": tf,
+                                 "unknown_id": UNKNOWN_ID}, *replace)
+    return edited["masked_loss"], edited["masked_acc"]
+
+
+@pytest.mark.parametrize("replace", **cases({
+    "labels-cast-then-one-hot": [(LOSS_LINES, "    labels = ops.cast(labels, 'int32')\n"
+                                  "    per_token = keras.losses.categorical_crossentropy("
+                                  "ops.one_hot(labels, ops.shape(logits)[-1]), logits, "
+                                  "from_logits=True)\n")],
+    "labels-cast-then-gather": [(LOSS_LINES, "    labels = ops.cast(labels, 'int32')\n"
+                                 "    per_token = -tf.gather(tf.nn.log_softmax(logits), labels, "
+                                 "batch_dims=2)\n")],
+    "divide-no-nan": [(LOSS_RETURN, "return tf.math.divide_no_nan(ops.sum(per_token * mask), "
+                                    "ops.sum(mask))"),
+                      (ACC_RETURN, "return tf.math.divide_no_nan(ops.sum(hits), ops.sum(mask))")],
+}))
+def test_the_lesson_s_loss_and_accuracy_in_other_forms_pass(replace, capsys):
+    check.masked_loss_and_accuracy(*edited_loss_and_accuracy(*replace))
+    passes(capsys, 5, 6)
+
+
+@pytest.mark.parametrize("replace", **cases({
+    # A loss given to compile gets float32 labels from fit, though the dataset's are integers.
+    "labels-as-gather-indices": ((LOSS_LINES, "    per_token = -tf.gather(tf.nn.log_softmax("
+                                  "logits), labels, batch_dims=2)\n"),),
+    "one-hot-of-float-labels": ((LOSS_LINES, "    per_token = keras.losses.categorical_"
+                                 "crossentropy(tf.one_hot(labels, ops.shape(logits)[-1]), "
+                                 "logits, from_logits=True)\n"),),
+    "compared-with-int64": (("mask = ops.cast((labels != 0) & (labels != unknown_id), "
+                             "per_token.dtype)", "mask = ops.cast(tf.not_equal(labels, tf."
+                             "constant(0, 'int64')) & tf.not_equal(labels, tf.constant("
+                             "unknown_id, 'int64')), per_token.dtype)"),),
+}))
+def test_a_loss_written_for_integer_labels_is_named(replace, capsys):
+    with fails_with(r"fit passes the labels as float32 \(Keras converts them to the loss's "
+                    r"dtype\): cast them before using them as ids", EX5):
+        check.masked_loss_and_accuracy(*edited_loss_and_accuracy(*replace))
+    passes(capsys)
+
+
+def test_a_missing_guard_against_a_batch_without_words_is_named(capsys):
+    loss, accuracy = edited_loss_and_accuracy((LOSS_RETURN, "return ops.sum(per_token * mask) "
+                                                            "/ ops.sum(mask)"))
+    with fails_with(r"on a batch without a real word \(padding and \[UNK\] only\) masked_loss "
+                    r"gives nan: divide by at least 1, ops.maximum\(ops.sum\(mask\), 1.0\)",
+                    EX5):
+        check.masked_loss_and_accuracy(loss, accuracy)
+    loss, accuracy = edited_loss_and_accuracy((ACC_RETURN, "return ops.sum(hits) / ops.sum(mask)"))
+    with fails_with(r"on a batch without a real word .* masked_acc gives nan", EX6):
+        check.masked_loss_and_accuracy(loss, accuracy)
+    passes(capsys, 5)
 
 
 def masked(values, labels):
@@ -413,7 +489,10 @@ def masked(values, labels):
     "returns-nothing": (lambda labels, logits: None, "masked_loss returns None"),
     "numpy": (lambda labels, logits: mean_over(per_token(labels, logits), np.asarray(labels) > 1),
               "the value is right, but masked_loss fails inside a tf.function as in training"),
-    "raises": (lambda labels, logits: 1 / 0, "masked_loss on int64 labels raised Zero"),
+    "raises": (lambda labels, logits: 1 / 0, "masked_loss raised ZeroDivisionError"),
+    "no-guard-boolean-mask": (lambda labels, logits: tf.reduce_mean(tf.boolean_mask(
+        per_token(labels, logits), labels > 1)), r"on a batch without a real word \(padding "
+                              r"and \[UNK\] only\) masked_loss gives nan: divide by at least 1"),
 }))
 def test_masked_loss_wrong_answers(loss, message, capsys):
     with fails_with(message, EX5):

@@ -104,7 +104,12 @@ SMOKE = Profile(
             "DATA_DIR": RunFolder("datasets"),
             "FLICKR8K_URL": FLICKR8K_ARCHIVES,
             "EVAL_IMAGES": 100,
-            # Untrained MobileNetV3Small features vanish (std ~4e-10); InceptionResNetV2's do not.
+            # Without ImageNet weights MobileNetV3Small's features all but vanish: the signal
+            # shrinks through its untrained layers to a std of about 4e-10 on the slice, below
+            # float16's smallest positive number (~6e-8), so the cache holds exact zeros and the
+            # decoder cannot see the photo. Untrained InceptionResNetV2 keeps a std of ~1e-2,
+            # enough to learn from. The rehearsal keeps the full course's MobileNetV3Small.
+            # tests/test_image_captioning_transformer.py reads both runs' caches to show it.
             "ENCODER": "InceptionResNetV2",
             "ENCODER_WEIGHTS": None,
             "IMG_SIZE": 150,  # a 3x3 feature grid, matching the slice's 3x3 layout

@@ -22,6 +22,7 @@ from captioning_course.check.image_captioning_custom_loop import (
     bahdanau_attention,
     decoder_step,
     teacher_forcing,
+    train_step,
 )
 from captioning_course.check.image_captioning_transformer import (
     causal_self_attention,
@@ -46,4 +47,5 @@ __all__ = [
     "masked_loss_and_accuracy",
     "teacher_forcing",
     "tokenizer",
+    "train_step",
 ]

@@ -7,6 +7,7 @@ import functools
 import re
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -368,8 +369,9 @@ def _bias_result(fn: Callable, counts: np.ndarray, banned) -> np.ndarray:
 
 def log_frequency_bias(fn: Callable) -> None:
     """log_frequency_bias(counts, banned_ids): log-probabilities of the tokens among the
-    allowed ones, up to a constant (softmax of the biases gives the frequencies), and a large
-    finite negative number for banned and never-seen tokens; the caller's counts unchanged."""
+    allowed ones (the lesson reads exp(bias) as probabilities, so they must sum to 1, not only
+    give the frequencies through a softmax), and a large finite negative number for banned and
+    never-seen tokens; the caller's counts unchanged."""
     exercise = BIAS_EXERCISE
     counts = BIAS_COUNTS.copy()
     vocab_size = len(counts)
@@ -412,6 +414,11 @@ def log_frequency_bias(fn: Callable) -> None:
     if not np.allclose(softmax / softmax.sum(), probabilities[allowed], rtol=1e-4, atol=1e-9):
         fail(exercise, "softmax(biases) is not the tokens' frequencies: the bias of a token is "
                        "log(count / sum of the allowed counts), np.log, the natural log")
+    total = float(np.exp(kept).sum())
+    if not np.isclose(total, 1, rtol=1e-4):
+        fail(exercise, f"exp of the allowed biases sums to {total:.3g}, not 1: the lesson reads "
+                       "them as probabilities; divide the counts by the total of the allowed "
+                       "ones (banned ones zeroed) before the log")
     as_list = _bias_result(fn, BIAS_COUNTS.copy(), list(BIAS_BANNED))
     if as_list.shape != result.shape or not np.allclose(as_list, result):
         fail(exercise, "banned_ids given as a list gives other biases than as a tuple: use "
@@ -524,40 +531,95 @@ def caption_accuracy_variants() -> dict[str, float]:
     }
 
 
-def _caption_inputs(dtype: str) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.constant(CAPTION_LABELS, dtype=dtype), tf.constant(CAPTION_LOGITS)
+def _caption_inputs(dtype: str, labels: np.ndarray = CAPTION_LABELS
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.constant(labels, dtype=dtype), tf.constant(CAPTION_LOGITS)
+
+
+# A batch without a real word: every real label of the fixed batch made padding.
+NO_REAL_WORD = np.where(CAPTION_LABELS > CAPTION_UNKNOWN_ID, 0, CAPTION_LABELS)
+# Labels and logits as `fit` traces them, batch and caption length unknown: the lesson's
+# dataset gives int64 labels.
+FIT_SIGNATURE = (tf.TensorSpec([None, None], tf.int64),
+                 tf.TensorSpec([None, None, CAPTION_VOCAB_SIZE]))
+
+
+class AsFitCallsTheLoss(keras.losses.Loss):
+    """A loss function as `fit` calls one given to `compile`: wrapped in a `keras.losses.Loss`
+    (Keras's own wrapper is `LossFunctionWrapper`), whose `__call__` converts the labels to
+    the loss's dtype, float32, before the function sees them (keras/src/losses/loss.py)."""
+
+    def __init__(self, loss_fn: Callable):
+        super().__init__(name="masked_loss")
+        self.loss_fn, self.returned = loss_fn, None
+
+    def call(self, y_true, y_pred):
+        self.returned = self.loss_fn(y_true, y_pred)  # before Keras averages what is not a scalar
+        return tf.zeros(()) if self.returned is None else self.returned
 
 
 def _expected(variants: dict[str, float], value: float) -> str:
     return f"expected {variants['correct']:.4f} on a fixed batch, got {value:.4f}"
 
 
-def _judge_in_a_graph(exercise: str, fn: Callable, name: str, expected: float) -> None:
-    for dtype in ("int64", "int32"):
-        check_in_a_graph(exercise, fn, _caption_inputs(dtype), right="the value is right",
-                         who=name, expected=expected, same=same_number,
-                         differs=f"the value is right eagerly, but {name} gives another inside "
-                                 "a tf.function as in training: use keras.ops, not NumPy")
+def _in_a_graph(exercise: str, fn: Callable, name: str, inputs: tuple, signature: tuple,
+                expected: float) -> None:
+    """`fn` gives `expected` inside a tf.function traced for unknown batch and length."""
+    check_in_a_graph(exercise, tf.function(fn, input_signature=signature), inputs,
+                     right="the value is right", who=name, expected=expected, same=same_number,
+                     differs=f"the value is right eagerly, but {name} gives another inside "
+                             "a tf.function as in training: use keras.ops, not NumPy")
+
+
+def _no_real_word(exercise: str, name: str, fn: Callable, inputs: tuple) -> None:
+    value = scalar(exercise, name, run_answer(exercise, name, fn, *inputs), "one number")
+    if not np.isfinite(value):
+        fail(exercise, f"on a batch without a real word (padding and [UNK] only) {name} gives "
+                       f"{value}: divide by at least 1, ops.maximum(ops.sum(mask), 1.0)")
+
+
+FLOAT_LABELS = ("fit passes the labels as float32 (Keras converts them to the loss's dtype): "
+                "cast them before using them as ids or comparing them with integers, "
+                "ops.cast(labels, 'int32')")
 
 
 def _caption_loss(loss_fn: Callable) -> None:
     exercise, name = CAPTION_LOSS_EXERCISE, "masked_loss"
     variants = caption_loss_variants()
-    for dtype in ("int64", "int32"):  # Keras hands the labels in either
-        result = run_answer(exercise, f"{name} on {dtype} labels", loss_fn, *_caption_inputs(dtype))
-        value = scalar(exercise, name, result, "the averaged loss")
-        if np.isnan(value):
-            fail(exercise, "the loss is NaN: look for a division by zero or the log of 0")
-        wrong = (f"the loss is {value:.3g}: labels the output layer bans (padding, [UNK]) "
-                 "cost about 1e9 each; leave them out of the mask" if abs(value) > 1e6
-                 else _expected(variants, value))
-        judge(exercise, value, variants, CAPTION_LOSS_MISTAKES, wrong, same=same_number)
-    _judge_in_a_graph(exercise, loss_fn, name, variants["correct"])
+    wrapped = AsFitCallsTheLoss(loss_fn)
+    inputs = _caption_inputs("int64")
+
+    def on_integer_labels_only() -> bool:
+        """Whether the answer is right on the integer labels it never gets from fit."""
+        try:
+            return same_number(scalar(exercise, name, loss_fn(*inputs), ""), variants["correct"])
+        except Exception:  # noqa: BLE001 (any mistake in the answer)
+            return False
+
+    try:
+        wrapped(*inputs)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        if on_integer_labels_only():
+            fail(exercise, FLOAT_LABELS, error)
+        fail(exercise, f"{name} raised {one_line(error)}", error)
+    value = scalar(exercise, name, wrapped.returned, "the averaged loss")
+    if not same_number(value, variants["correct"]) and on_integer_labels_only():
+        fail(exercise, FLOAT_LABELS)
+    if np.isnan(value):
+        fail(exercise, "the loss is NaN: look for a division by zero or the log of 0")
+    wrong = (f"the loss is {value:.3g}: labels the output layer bans (padding, [UNK]) "
+             "cost about 1e9 each; leave them out of the mask" if abs(value) > 1e6
+             else _expected(variants, value))
+    judge(exercise, value, variants, CAPTION_LOSS_MISTAKES, wrong, same=same_number)
+    _in_a_graph(exercise, wrapped, name, inputs, FIT_SIGNATURE, variants["correct"])
+    _no_real_word(exercise, name, wrapped, _caption_inputs("int64", NO_REAL_WORD))
     print_pass(exercise, "cross-entropy from logits averaged over real words; padding and [UNK] "
                          "left out")
 
 
 def _caption_accuracy(accuracy_fn: Callable) -> None:
+    """A metric function gets the labels as the dataset gives them (MeanMetricWrapper passes
+    them on unchanged: keras/src/metrics/reduction_metrics.py), int64 in the lesson."""
     exercise, name = CAPTION_ACC_EXERCISE, "masked_acc"
     variants = caption_accuracy_variants()
     for dtype in ("int64", "int32"):
@@ -578,14 +640,20 @@ def _caption_accuracy(accuracy_fn: Callable) -> None:
         value = scalar(exercise, name, result, "the share of real words predicted right")
         judge(exercise, value, variants, CAPTION_ACC_MISTAKES, _expected(variants, value),
               same=same_number)
-    _judge_in_a_graph(exercise, accuracy_fn, name, variants["correct"])
+        signature = (tf.TensorSpec([None, None], dtype), FIT_SIGNATURE[1])
+        _in_a_graph(exercise, accuracy_fn, name, _caption_inputs(dtype), signature,
+                    variants["correct"])
+    _no_real_word(exercise, name, accuracy_fn, _caption_inputs("int64", NO_REAL_WORD))
     print_pass(exercise, "share of real words whose argmax is the label; padding and [UNK] "
                          "left out")
 
 
 def masked_loss_and_accuracy(loss_fn: Callable, accuracy_fn: Callable) -> None:
-    """masked_loss (exercise 5), checked fully first, then masked_acc (exercise 6): on labels
-    with padding and [UNK] and logits with padding, [UNK] and [START] banned, both label
-    dtypes Keras hands in (int32, int64), eagerly and in a tf.function."""
+    """masked_loss (exercise 5), checked fully first, then masked_acc (exercise 6), each
+    called as `fit` calls it: on a batch (captions, tokens) of labels with padding and [UNK]
+    and logits with padding, [UNK] and [START] banned, the loss on the float32 labels its
+    Keras wrapper makes of them, the accuracy on integer labels as the dataset gives them,
+    eagerly and in a tf.function of unknown batch and length; and both finite on a batch
+    without a real word."""
     _caption_loss(loss_fn)
     _caption_accuracy(accuracy_fn)
