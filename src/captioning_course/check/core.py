@@ -146,15 +146,25 @@ def masked_loss_variants(labels: np.ndarray, logits: np.ndarray, real: np.ndarra
     }
 
 
-def loss_as_fit_calls(exercise: str, who: str, loss: Callable, targets, predictions):
-    """`loss(targets, predictions)` called as `fit` calls a loss given to `compile`: Keras wraps
-    it and converts the targets to the loss's dtype, float32, before the call."""
-    class AsCompiled(keras.losses.Loss):  # Loss.__call__ converts, as for a compiled loss
-        def call(self, y_true, y_pred):
-            return loss(y_true, y_pred)
+class AsFitCallsTheLoss(keras.losses.Loss):
+    """A loss function as `fit` calls one given to `compile`: wrapped in a `keras.losses.Loss`
+    (Keras's own wrapper is `LossFunctionWrapper`), whose `__call__` converts the labels to
+    the loss's dtype, float32, before the function sees them (keras/src/losses/loss.py)."""
 
+    def __init__(self, loss_fn: Callable):
+        super().__init__(name="masked_loss")
+        self.loss_fn, self.returned = loss_fn, None
+
+    def call(self, y_true, y_pred):
+        self.returned = self.loss_fn(y_true, y_pred)  # before Keras averages what is not a scalar
+        return tf.zeros(()) if self.returned is None else self.returned
+
+
+def loss_as_fit_calls(exercise: str, who: str, loss: Callable, targets, predictions):
+    """`loss(targets, predictions)` called as `fit` calls a loss given to `compile`; an
+    exception in it becomes a one-line failure."""
     try:
-        return AsCompiled()(targets, predictions)
+        return AsFitCallsTheLoss(loss)(targets, predictions)
     except Exception as error:  # noqa: BLE001 (any mistake in the answer)
         fail(exercise, f"{who} fails as fit calls it, with the targets as float32 (Keras "
                        f"converts them to the loss's dtype): {one_line(error)}; cast them to "

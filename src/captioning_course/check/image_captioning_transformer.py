@@ -7,11 +7,11 @@ import functools
 import re
 from collections.abc import Callable
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from captioning_course.check.core import (
+    AsFitCallsTheLoss,
     as_arrays,
     as_float32,
     calling,
@@ -542,20 +542,6 @@ NO_REAL_WORD = np.where(CAPTION_LABELS > CAPTION_UNKNOWN_ID, 0, CAPTION_LABELS)
 # dataset gives int64 labels.
 FIT_SIGNATURE = (tf.TensorSpec([None, None], tf.int64),
                  tf.TensorSpec([None, None, CAPTION_VOCAB_SIZE]))
-
-
-class AsFitCallsTheLoss(keras.losses.Loss):
-    """A loss function as `fit` calls one given to `compile`: wrapped in a `keras.losses.Loss`
-    (Keras's own wrapper is `LossFunctionWrapper`), whose `__call__` converts the labels to
-    the loss's dtype, float32, before the function sees them (keras/src/losses/loss.py)."""
-
-    def __init__(self, loss_fn: Callable):
-        super().__init__(name="masked_loss")
-        self.loss_fn, self.returned = loss_fn, None
-
-    def call(self, y_true, y_pred):
-        self.returned = self.loss_fn(y_true, y_pred)  # before Keras averages what is not a scalar
-        return tf.zeros(()) if self.returned is None else self.returned
 
 
 def _expected(variants: dict[str, float], value: float) -> str:
