@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,7 +11,6 @@ from conftest import (
     assert_beats_the_image_blind_baseline,
     assert_every_sample_photo_captioned,
     notebook_definitions,
-    printed_text,
     recorded_metrics,
     run_lesson_cells,
 )
@@ -46,7 +42,7 @@ def test_every_sample_photo_is_captioned(metrics):
 
 
 def test_reloaded_captioner_writes_the_same_caption(metrics):
-    assert metrics["reload_identical"] is True
+    assert metrics["reloaded"]["after"] == metrics["reloaded"]["before"]
 
 
 def test_caption_length_covers_the_training_captions(metrics):
@@ -56,84 +52,23 @@ def test_caption_length_covers_the_training_captions(metrics):
 
 
 def test_compiled_decoding_writes_the_loop_captions(metrics):
-    assert metrics["compiled_matches_loop"] is True
+    assert metrics["decoded"]["compiled"] == metrics["decoded"]["loop"]
     assert set(metrics["beam"]) == set(metrics["model"])
 
 
-def test_exported_captioner_reloads_in_a_fresh_process_with_the_notebook_captions(metrics):
-    """`python -m captioning_course.caption` loads the export with tensorflow_hub.load."""
-    assert metrics["export_identical"] is True
-    photos = sorted(p for p in (REPO / "sample_images").iterdir() if p.suffix != ".md")
-    export = REPO / "build" / "smoke" / "image_captioning" / "captioner_export"
-    done = subprocess.run([sys.executable, "-m", "captioning_course.caption", str(export),
-                           *map(str, photos)], capture_output=True, text=True, check=True)
-    printed = dict(line.split(": ", 1) for line in done.stdout.splitlines())
-    assert printed == {str(p): metrics["sample_captions"][p.name]["greedy"] for p in photos}
-
-
-def test_the_caption_command_names_an_unreadable_photo_and_captions_the_others(metrics, tmp_path):
-    export = REPO / "build" / "smoke" / "image_captioning" / "captioner_export"
-    photo = REPO / "sample_images" / "coffee.jpg"
-    (tmp_path / "notes.jpg").write_text("not a photo")
-    done = subprocess.run([sys.executable, "-m", "captioning_course.caption", str(export),
-                           str(tmp_path / "notes.jpg"), str(photo)], capture_output=True, text=True)
-    assert done.returncode == 1
-    [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert "notes.jpg" in error
-    assert done.stdout == f"{photo}: {metrics['sample_captions']['coffee.jpg']['greedy']}\n"
+def test_the_first_loss_is_about_that_of_a_uniform_guess(metrics):
+    """ln V for the vocabulary actually learned: between ln 50 and ln 200 on the smoke data."""
+    assert np.log(50) < metrics["loss"]["initial"] < np.log(200) + 0.5
+    assert metrics["loss"]["first_epoch"] < metrics["loss"]["initial"]
 
 
 def test_an_uninterrupted_run_starts_at_the_first_epoch(metrics):
     assert metrics["training"]["resumed_from_epoch"] == 0
 
 
-# Training paths the CPU machine does not take by itself, run on a few slice images.
+# A short run on a few slice images, to interrupt and resume.
 SHORT_RUN = {"TRAIN_SPLIT": "train[:64]", "EVAL_IMAGES": 8, "EPOCHS": 2}  # 2 steps per epoch
-# The profiles train on cached features, as the full course does; these runs keep the CNN
-# inside the model, the lesson's other branch.
-CNN_INSIDE = {**SHORT_RUN, "CACHE_FEATURES": False}
 FIT_CELL = "history = caption_model.fit("
-TWO_CPUS = """import tensorflow as tf
-[cpu] = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-"""
-ONE_GPU_OR_MORE = """if len(tf.config.list_logical_devices("GPU")) > 1:
-    strategy = tf.distribute.MirroredStrategy()
-else:
-    strategy = tf.distribute.get_strategy()"""
-TWO_CPU_STRATEGY = 'strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])'
-
-
-@pytest.mark.slow
-def test_training_runs_on_two_devices_with_a_batch_per_device(tmp_path):
-    probe = run_lesson_cells(
-        LESSON, tmp_path, last_cell="def on_one_device(", parameters=CNN_INSIDE,
-        preamble=TWO_CPUS, replace=((ONE_GPU_OR_MORE, TWO_CPU_STRATEGY),),
-        probe='{"replicas": strategy.num_replicas_in_sync, "steps": optimizer_steps, '
-              '"loss": history.history["loss"], '
-              '"trained": type(caption_model.trainable_variables[0].value).__name__, '
-              '"inference": type(step_model.trainable_variables[0].value).__name__, '
-              '"rows": len(encoder.predict_on_batch(np.zeros((3, IMG_SIZE, IMG_SIZE, 3))))}')
-    assert probe["replicas"] == 2
-    assert probe["trained"] == "MirroredVariable"
-    assert probe["steps"] == 2  # 64 images, 32 per device: one step per epoch
-    assert np.isfinite(probe["loss"]).all()
-    # Inference runs on one device: a batch of 3 gives 3 rows, not 3 per device.
-    assert (probe["inference"], probe["rows"]) != ("MirroredVariable", 6)
-    assert probe["rows"] == 3
-
-
-@pytest.mark.slow
-def test_a_training_step_in_mixed_precision_with_xla(tmp_path):
-    probe = run_lesson_cells(
-        LESSON, tmp_path, last_cell=FIT_CELL,
-        parameters={**CNN_INSIDE, "EPOCHS": 1, "MIXED_PRECISION": "mixed_float16", "XLA": True},
-        probe='{"optimizer": type(caption_model.optimizer).__name__, '
-              '"gru": decoder_gru.compute_dtype, "logits": caption_model.outputs[0].dtype, '
-              '"loss": history.history["loss"], "steps": optimizer_steps}')
-    assert probe["optimizer"] == "LossScaleOptimizer"
-    assert (probe["gru"], probe["logits"]) == ("float16", "float32")
-    assert probe["steps"] == 2 and np.isfinite(probe["loss"]).all()
 
 
 INTERRUPT_AFTER_FIRST_EPOCH = """import keras
@@ -205,13 +140,6 @@ def test_a_wrong_prediction_on_a_real_token_raises_the_loss(masked_loss):
     wrong = right.copy()
     wrong[0, 1, 4], wrong[0, 1, 6] = -10.0, 10.0  # confidently the wrong word
     assert loss_value(masked_loss, targets, wrong) > loss_value(masked_loss, targets, right) + 5
-
-
-def test_predict_caption_names_bad_input_in_the_executed_lesson(smoke_run):
-    printed = printed_text(smoke_run["image_captioning"].executed)
-    assert "FileNotFoundError: no image file at" in printed and "no_such_photo.jpg" in printed
-    assert "SOURCES.md is not a readable image: unknown format" in printed
-    assert "sample_images is a folder, not an image file" in printed
 
 
 @pytest.fixture(scope="module")

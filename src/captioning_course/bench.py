@@ -2,18 +2,16 @@
 
     python -m captioning_course.bench [--build-dir build/bench]
 
-1. Training, on the smoke profile's data slice: the lesson runs once with the CNN inside
-   the model (three epochs) and once with features from a fresh on-disk cache (the
-   profile's epochs). An epoch's time is the median of the epochs after the first, which
-   also builds the graph; the extraction pass is reported on its own.
+1. Training, on the smoke profile's data slice: the lesson runs with features from a fresh
+   on-disk cache (the profile's epochs). An epoch's time is the median of the epochs after
+   the first, which also builds the graph; the extraction pass is reported on its own.
 2. Captioning, with the captioner the cached run trained, on the same held-out images: the
    lesson's step-by-step loop (one image at a time, as `predict_caption` does, and a whole
    batch at once), the compiled batched greedy decoder and beam search, each in a process of
    its own, so that each peak memory is its own.
 
 3. The same lesson at the full course's sizes (the rehearsal's: 299x299, width 512, batch 32)
-   on FULL_SIZE_IMAGES images, with the CNN inside the model and from the cache: the ratios
-   from which the lessons estimate their time on a GPU.
+   on FULL_SIZE_IMAGES images: a cached epoch against the extraction.
 4. A scale curve: the cached pipeline (extraction, then epochs) on slices of SCALE_IMAGES
    images, each four times the last, with the time per image and the kernel's peak memory of
    each, to show what grows with the dataset.
@@ -44,7 +42,6 @@ from captioning_course import data_slice, profiles, runner
 from captioning_course.labs import run_definitions
 
 LESSON = Path("solutions/image_captioning.ipynb")
-CNN_IN_MODEL_EPOCHS = 3
 DECODE_IMAGES = 32
 DECODE_REPEATS = 5
 BEAM_WIDTH = 3
@@ -155,20 +152,15 @@ def decoder_in_own_process(decoder: str, captioner: Path, caption_length: int
 
 
 def full_sizes(build_dir: Path) -> dict[str, Any]:
-    """Epoch and extraction times at the full course's sizes, CNN inside and cached."""
+    """Epoch and extraction times at the full course's sizes."""
     # The rehearsal's sizes, but Keras as it is on this CPU: timed, not played.
     profile = dataclasses.replace(profiles.REHEARSAL, plays_gpu=False)
-    runs = {cached: run_lesson(build_dir / f"full-{'cached' if cached else 'cnn'}",
-                               {**SHORT, "TRAIN_SPLIT": f"train[:{FULL_SIZE_IMAGES}]",
-                                "CACHE_FEATURES": cached}, profile)[0]
-            for cached in (False, True)}
-    cnn_epoch, cached_epoch = (steady_epoch_seconds(runs[cached]) for cached in (False, True))
-    extraction = runs[True]["feature_cache"]["extraction_seconds"]
-    return {"images": FULL_SIZE_IMAGES, "epoch_s": {"cnn_in_model": cnn_epoch,
-                                                    "cached": cached_epoch},
-            "extraction_s": extraction,
-            "cached_over_cnn_in_model_epoch": cached_epoch / cnn_epoch,
-            "extraction_over_cnn_in_model_epoch": extraction / cnn_epoch}
+    metrics = run_lesson(build_dir / "full-cached",
+                         {**SHORT, "TRAIN_SPLIT": f"train[:{FULL_SIZE_IMAGES}]"}, profile)[0]
+    epoch, extraction = steady_epoch_seconds(metrics), metrics["feature_cache"][
+        "extraction_seconds"]
+    return {"images": FULL_SIZE_IMAGES, "epoch_s": {"cached": epoch}, "extraction_s": extraction,
+            "extraction_over_cached_epoch": extraction / epoch}
 
 
 def scale_curve(build_dir: Path) -> dict[str, Any]:
@@ -196,9 +188,7 @@ def scale_curve(build_dir: Path) -> dict[str, Any]:
 
 
 def bench(build_dir: Path) -> dict[str, Any]:
-    cnn_metrics, cnn_peak = run_lesson(
-        build_dir / "cnn_in_model", {"CACHE_FEATURES": False, "EPOCHS": CNN_IN_MODEL_EPOCHS})
-    cached_metrics, cached_peak = run_lesson(build_dir / "cached", {"CACHE_FEATURES": True})
+    cached_metrics, cached_peak = run_lesson(build_dir / "cached", {})
     output_dir = build_dir / "cached" / profiles.SMOKE.name / LESSON.stem
     cache = cached_metrics["feature_cache"]
     decoders = {name: decoder_in_own_process(name, output_dir / "captioner",
@@ -208,15 +198,13 @@ def bench(build_dir: Path) -> dict[str, Any]:
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(),
                     "gpu": runner.gpu_visible()},
         "captions_per_s": {name: result["captions_per_s"] for name, result in decoders.items()},
-        "epoch_s": {"cnn_in_model": steady_epoch_seconds(cnn_metrics),
-                    "cached": steady_epoch_seconds(cached_metrics)},
+        "epoch_s": {"cached": steady_epoch_seconds(cached_metrics)},
         "extraction_s": cache["extraction_seconds"],
         "extract_images_per_s": cache["images"] / cache["extraction_seconds"],
         "feature_cache_mb": cache["size_mb"],
         "peak_memory_mb": {**{name: r["peak_memory_mb"] for name, r in decoders.items()},
-                           "lesson_cnn_in_model": cnn_peak, "lesson_cached": cached_peak},
-        "lesson_seconds": {"cnn_in_model": cnn_metrics["seconds"],
-                           "cached": cached_metrics["seconds"]},
+                           "lesson_cached": cached_peak},
+        "lesson_seconds": {"cached": cached_metrics["seconds"]},
         "decode_images": DECODE_IMAGES,
         "full_sizes": full_sizes(build_dir),
         "scale": scale_curve(build_dir),
@@ -231,23 +219,17 @@ def table(results: dict[str, Any]) -> str:
         ("captions/s, compiled greedy, batch of 32", rate["greedy_batched"],
          peak["greedy_batched"]),
         (f"captions/s, compiled beam search (width {BEAM_WIDTH})", rate["beam"], peak["beam"]),
-        ("s per epoch, CNN inside the model", epochs["cnn_in_model"],
-         peak["lesson_cnn_in_model"]),
         ("s per epoch, features from the disk cache", epochs["cached"], peak["lesson_cached"]),
         ("images/s, feature extraction", results["extract_images_per_s"], None),
     ]
     lines = [f"{'measurement':55} {'value':>9} {'peak MB':>8}"]
     lines += [f"{name:55} {value:9.2f} {'' if mb is None else f'{mb:8.0f}'}"
               for name, value, mb in rows]
-    lines.append(f"compiled greedy vs loop: {rate['greedy_batched'] / rate['loop']:.0f}x; "
-                 f"cached vs CNN-in-model epochs: {epochs['cnn_in_model'] / epochs['cached']:.0f}x")
+    lines.append(f"compiled greedy vs loop: {rate['greedy_batched'] / rate['loop']:.0f}x")
     full = results["full_sizes"]
-    lines.append(f"at full sizes ({full['images']} images, 299x299): an epoch takes "
-                 f"{full['epoch_s']['cnn_in_model']:.1f} s with the CNN inside, "
-                 f"{full['epoch_s']['cached']:.2f} s cached "
-                 f"({full['cached_over_cnn_in_model_epoch']:.3f} of it); extraction "
-                 f"{full['extraction_s']:.1f} s ({full['extraction_over_cnn_in_model_epoch']:.2f} "
-                 "of a CNN-inside epoch)")
+    lines.append(f"at full sizes ({full['images']} images, 299x299): a cached epoch takes "
+                 f"{full['epoch_s']['cached']:.2f} s, the extraction {full['extraction_s']:.1f} s "
+                 f"({full['extraction_over_cached_epoch']:.0f} epochs)")
     lines.append(f"{'scale: images':20} {'extraction ms/image':>20} {'epoch ms/image':>15} "
                  f"{'peak MB':>8}")
     lines += [f"{point['images']:20} {point['extraction_ms_per_image']:20.1f} "
