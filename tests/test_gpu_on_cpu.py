@@ -4,8 +4,10 @@ uncompilable by XLA, yet trained and run exactly as before."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,26 @@ def test_it_computes_and_trains_as_before(played):
 
 def test_keras_then_trains_it_without_xla_even_when_asked_for_xla(played):
     assert played["keras_jit"] is False
+
+
+def test_each_lesson_s_kernel_starts_with_what_its_profile_plays(tmp_path):
+    from captioning_course import parameters, profiles
+
+    assert parameters.kernel_environment(profiles.SMOKE, "image_captioning", tmp_path) == {}
+    for profile, lesson, startup in [
+            (profiles.SMOKE, "image_captioning_at_scale", "split_cpu(2)"),
+            (profiles.REHEARSAL, "image_captioning", "play_cudnn_gru()")]:
+        env = parameters.kernel_environment(profile, lesson, tmp_path)
+        [startup_file] = (Path(env["IPYTHONDIR"]) / "profile_default" / "startup").iterdir()
+        assert startup in startup_file.read_text()
+
+
+def test_a_split_cpu_gives_mirrored_strategy_two_replicas():
+    done = subprocess.run([sys.executable, "-c", (
+        "from captioning_course.gpu_on_cpu import split_cpu\n"
+        "print(split_cpu(2))\n"
+        "import tensorflow as tf\n"
+        "print(tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']).num_replicas_in_sync)")],
+        capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    names, replicas = done.stdout.splitlines()[-2:]
+    assert names.count("CPU:") == 2 and replicas == "2"

@@ -87,3 +87,23 @@ def test_lint_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# The main lesson teaches captioning on one GPU; what only scale needs is the at-scale lesson's.
+FOCUSED = {"image_captioning": 80, "image_captioning_at_scale": 60}  # lesson -> most cells
+LONGEST_CODE_CELL = 20  # lines, the parameters cell aside
+
+
+@pytest.mark.parametrize("lesson", sorted(FOCUSED))
+def test_focused_lessons_keep_short_cells(lesson):
+    cells = nbformat.read(REPO / "notebooks" / f"{lesson}.ipynb", as_version=4).cells
+    assert len(cells) <= FOCUSED[lesson]
+    long = [index for index, cell in enumerate(cells) if cell.cell_type == "code"
+            and "parameters" not in cell.metadata.get("tags", [])
+            and len(cell.source.splitlines()) > LONGEST_CODE_CELL]
+    assert not long, f"code cells over {LONGEST_CODE_CELL} lines: {long}"
+
+
+def test_the_main_lesson_leaves_devices_to_the_at_scale_lesson():
+    source = (REPO / "notebooks" / "image_captioning.ipynb").read_text()
+    assert "strategy" not in source and "MIXED_PRECISION" not in source

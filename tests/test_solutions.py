@@ -13,7 +13,7 @@ from conftest import LESSONS, REPO, printed_text
 # Everything else (dataset, encoder, image size, vocabulary cap, caption length, width, batch,
 # CACHE_FEATURES) keeps the full profile's value.
 REHEARSAL_MAY_SHRINK = {"TRAIN_SPLIT", "TRAIN_IMAGES", "EVAL_IMAGES"}
-GRU_LESSONS = ("image_captioning", "image_captioning_custom_loop")
+GRU_LESSONS = ("image_captioning", "image_captioning_custom_loop", "image_captioning_at_scale")
 
 
 @pytest.mark.parametrize("lesson", LESSONS)

@@ -10,6 +10,10 @@ respects: marked `supports_jit = False`, and its outputs passed through an ident
 
 The rehearsal profile's kernels start with it (see `STARTUP`); on a machine with a GPU it
 leaves Keras alone, since Keras already does the real thing there.
+
+Several GPUs are played the way TensorFlow's own tests play them: `split_cpu(n)` makes the CPU
+n logical devices, which `tf.distribute.MirroredStrategy` takes as n replicas, each with its
+own copy of the variables and its share of every batch (`split_cpu_startup` for a kernel).
 """
 
 from __future__ import annotations
@@ -18,6 +22,21 @@ import functools
 
 # What a kernel runs before the notebook's first cell, as an IPython startup file.
 STARTUP = "from captioning_course.gpu_on_cpu import play_cudnn_gru\nplay_cudnn_gru()\n"
+
+
+def split_cpu_startup(devices: int) -> str:
+    """What a kernel runs first so that its CPU is `devices` logical devices."""
+    return f"from captioning_course.gpu_on_cpu import split_cpu\nsplit_cpu({devices})\n"
+
+
+def split_cpu(devices: int) -> list[str]:
+    """Make the CPU `devices` logical devices, before TensorFlow first uses it; their names."""
+    import tensorflow as tf
+
+    [cpu] = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)])
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
 def opaque_to_xla(tensor):

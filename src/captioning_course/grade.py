@@ -396,8 +396,7 @@ def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: 
 
 
 def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
-             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int,
-             env: dict[str, str]) -> None:
+             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int) -> None:
     row, lesson = planned.row, planned.lesson
     relative = Path(row.file)
     executed_path = out / "executed" / relative
@@ -420,7 +419,8 @@ def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
             row.exercises, row.grades = 0, {}
             return
         outcome = execution.execute(path, executed_path, values, cwd=output_dir,
-                                    timeout_s=limit, env=env, allow_errors=True,
+                                    timeout_s=limit, allow_errors=True,
+                                    env=parameters.kernel_environment(profile, lesson.name, out),
                                     log=output_dir / "papermill.log")
     if outcome.status == "interrupted":  # its processes are gone; the grading stops
         raise KeyboardInterrupt
@@ -468,7 +468,6 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
     if to_run:
         parameters.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
-    env = parameters.kernel_environment(profile, out)
     rows = [plan.row for plan in plans]
     graded = 0
     try:
@@ -478,7 +477,7 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                       f"{profile.name})", flush=True)
             try:
                 _run_one(plan, profile, data_dir, out, sample_images_dir, extra_parameters,
-                         limit, env)
+                         limit)
             except Exception as exc:  # one file's trouble never stops the others
                 plan.row.grades, plan.row.exercises = {}, 0
                 plan.row.note = f"cannot grade: {type(exc).__name__}: {_first_line(exc)}"

@@ -145,15 +145,21 @@ def prepare_data(profile: Profile, lessons: list[str], data_dir: Path) -> None:
             source.prepare(data_dir, profile.data_slice or data_slice.SliceParams())
 
 
-def kernel_environment(profile: Profile, build_dir: Path) -> dict[str, str]:
-    """What the profile's kernels need in their environment: their start-up, if any."""
-    if not profile.plays_gpu:
+def kernel_environment(profile: Profile, lesson: str, build_dir: Path) -> dict[str, str]:
+    """What `lesson`'s kernels need in their environment under `profile`: their start-up."""
+    startup = []
+    if profile.plays_gpu:
+        startup.append(gpu_on_cpu.STARTUP)
+    devices = profile.logical_cpus.get(lesson)
+    if devices:
+        startup.append(gpu_on_cpu.split_cpu_startup(devices))
+    if not startup:
         return {}
     # IPython runs the files of its profile's startup folder before the notebook's first cell.
-    ipython_dir = build_dir / "ipython-gpu-on-cpu"
-    startup = ipython_dir / "profile_default" / "startup" / "00-play-cudnn-gru.py"
-    startup.parent.mkdir(parents=True, exist_ok=True)
-    startup.write_text(gpu_on_cpu.STARTUP)
+    ipython_dir = build_dir / "ipython-startup" / f"{profile.name}-{lesson}"
+    startup_file = ipython_dir / "profile_default" / "startup" / "00-play-the-gpu.py"
+    startup_file.parent.mkdir(parents=True, exist_ok=True)
+    startup_file.write_text("".join(startup))
     return {"IPYTHONDIR": str(ipython_dir.resolve())}
 
 

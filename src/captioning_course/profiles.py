@@ -66,6 +66,8 @@ class Profile:
     overrides: dict[str, dict[str, Any]]  # notebook stem -> parameters; "*" applies to all
     needs_gpu: bool = False  # the runner warns before such a run on a machine without one
     plays_gpu: bool = False  # kernels start with gpu_on_cpu.play_cudnn_gru()
+    # notebook stem -> logical CPU devices its kernels start with, standing in for GPUs
+    logical_cpus: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def overrides_for(self, notebook_stem: str) -> dict[str, Any]:
         return {**self.overrides.get("*", {}), **self.overrides.get(notebook_stem, {})}
@@ -87,7 +89,6 @@ SMOKE = Profile(
             "MAX_CAPTION_LEN": 24,
             "ATTENTION_DIM": 256,
             "EPOCHS": 60,
-            "CACHE_FEATURES": True,
         },
         "image_captioning_custom_loop": {
             "DATASET": SLICE_NAME,
@@ -118,7 +119,23 @@ SMOKE = Profile(
             "DROPOUT": 0.1,
             "LEARNING_RATE": 1e-3,
         },
+        "image_captioning_at_scale": {
+            "DATASET": SLICE_NAME,
+            "EVAL_IMAGES": 100,
+            "ENCODER_WEIGHTS": None,
+            "IMG_SIZE": 150,  # the main lesson's smoke sizes: its feature cache is reused
+            "VOCAB_SIZE": 200,
+            "MAX_CAPTION_LEN": 24,
+            "ATTENTION_DIM": 256,
+            "BATCH_SIZE": 16,  # per replica: 32 a step, as the main lesson's
+            "EPOCHS": 30,
+            # Two logical CPUs (logical_cpus) as two GPUs; the rehearsal keeps DEVICES = None.
+            # XLA stays "auto": Keras compiles nothing with XLA on a CPU-only machine, and XLA
+            # cannot run a step whose variables sit on two logical CPUs anyway.
+            "DEVICES": ["/cpu:0", "/cpu:1"],
+        },
     },
+    logical_cpus={"image_captioning_at_scale": 2},
 )
 
 REHEARSAL = Profile(
@@ -148,6 +165,12 @@ REHEARSAL = Profile(
             "TRAIN_IMAGES": 64,  # 320 image/caption pairs
             "EVAL_IMAGES": 32,
             "ENCODER_WEIGHTS": RandomWeights("MobileNetV3Small"),
+        },
+        "image_captioning_at_scale": {
+            "DATA_DIR": COCO_CAPTIONS_COPY,
+            "TRAIN_SPLIT": "train[:64]",
+            "EVAL_IMAGES": 32,
+            "ENCODER_WEIGHTS": RandomWeights("InceptionResNetV2"),
         },
     },
     plays_gpu=True,

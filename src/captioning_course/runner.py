@@ -98,7 +98,6 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
         prepare_folder(output_dir)
     prepare_data(profile, [notebook.stem for notebook in notebooks], data_dir)
     limit = profile.timeout_s if timeout_s is None else timeout_s
-    env = kernel_environment(profile, build_dir)
 
     results = []
     for number, (notebook, output_dir, parameters) in enumerate(planned, start=1):
@@ -109,7 +108,8 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
         print(f"[{number}/{len(planned)}] {notebook} -> {executed} ({profile.name})", flush=True)
         start = time.monotonic()
         outcome = execution.execute(notebook, executed, parameters, cwd=notebook.parent,
-                                    timeout_s=limit, env=env, prepare_only=prepare_only)
+                                    timeout_s=limit, prepare_only=prepare_only,
+                                    env=kernel_environment(profile, notebook.stem, build_dir))
         # papermill stopping on its own is the lesson's failure too: its kernel died, say.
         status = "failed" if outcome.status == "stopped" else outcome.status
         result = Result(notebook, status, time.monotonic() - start, executed)
