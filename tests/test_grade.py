@@ -419,11 +419,12 @@ def course_grades(tmp_path_factory, course_lessons):
             "wrong": number, "out": out}
 
 
-def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons):
+@pytest.mark.parametrize("name", ["image_captioning", "image_captioning_at_scale"])
+def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons, name):
     """The smoke run's executed solution, graded as the grader grades a student's copy."""
-    lesson = course_lessons["image_captioning"]
-    solution = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
-    executed = nbformat.read(smoke_run["image_captioning"].executed, as_version=4)
+    lesson = course_lessons[name]
+    solution = nbformat.read(REPO / "solutions" / f"{name}.ipynb", as_version=4)
+    executed = nbformat.read(smoke_run[name].executed, as_version=4)
     assert grade.identify(solution, course_lessons, "solution.ipynb") == (lesson, "")
     grades = grade.grade_executed(lesson, executed, "ok", "", grade.self_check_cells(solution))
     assert grades == {e.number: "pass" for e in lesson.exercises}

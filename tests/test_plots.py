@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from captioning_course import plots  # noqa: E402
 from captioning_course.plots import plot_attention, show_captioned_photos  # noqa: E402
 
 PHOTO = np.zeros((30, 40, 3), dtype=np.uint8)
@@ -29,12 +30,16 @@ def titles():
             if ax.get_title(loc=loc)]
 
 
-def test_each_word_gets_its_map_over_the_photo(tmp_path):
+def test_each_word_gets_its_map_over_the_photo(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plots, "display", shown.append)
     maps = np.eye(6, dtype="float32")  # word i looks at region i of a 2x3 grid
     plot_attention(PHOTO, ["a", "red", "circle", "on", "the", "left"], maps, (2, 3),
                    path=tmp_path / "attention.png")
-    assert titles() == ["a", "red", "circle", "on", "the", "left"]
-    drawn = [image.get_array() for ax in plt.gcf().axes for image in ax.get_images()][1::2]
+    [fig] = shown
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "a", "red", "circle", "on", "the", "left"]
+    drawn = [image.get_array() for ax in fig.axes for image in ax.get_images()][1::2]
     assert np.argwhere(drawn[2]).tolist() == [[0, 2]]  # the third word's region
     assert (tmp_path / "attention.png").stat().st_size > 0
 

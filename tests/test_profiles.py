@@ -74,7 +74,7 @@ def test_an_override_that_swaps_a_branch_in_every_tested_profile_is_named(tmp_pa
 
 def test_sources_stand_for_bytes_the_runner_makes(tmp_path):
     for value in (v for p in profiles.TESTED for o in p.overrides.values() for v in o.values()
-                  if not isinstance(v, str | int | float | bool | type(None))):
+                  if not isinstance(v, str | int | float | bool | list | type(None))):
         assert isinstance(value, Source), value
     folder = RunFolder("datasets")
     assert folder.value(tmp_path / "data", tmp_path / "run") == str(tmp_path / "run" / "datasets")

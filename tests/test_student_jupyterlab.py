@@ -10,10 +10,17 @@ stderr chatter alike. The page is read only for what the file cannot say: the ke
 the dialogs, and whether a progress bar is a live widget. The data are the offline slice as a
 prepared `coco_captions` in TFDS's default data dir (`TFDS_DATA_DIR`), so the labs run with
 their defaults, unchanged. Screenshots of each lab after Run All go to build/browser/.
+
+In the course's JupyterLab only (the other shows no widgets), a student also runs the main
+lesson's solution, prepared as the runner's --prepare-only writes it under the smoke profile
+with a short training, and captions a photo with the upload button at its end: a photo gives
+a greedy and a beam caption, a text file named like a photo the reader's one-line error.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import secrets
@@ -30,8 +37,10 @@ import nbformat
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from captioning_course import execution, profiles
 from captioning_course.execution import stop_process_tree
 from captioning_course.kernel import DISPLAY_NAME
+from captioning_course.parameters import kernel_environment, notebook_parameters, prepare_data
 from conftest import REPO, install_kernel
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,6 +53,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 SERVER_START_S = 120
 KERNEL_START_MS = 180_000
 RUN_ALL_MS = 900_000
+DESCRIBE_MS = 180_000  # from a file chosen to its captions and attention map on the page
 # Every dialog JupyterLab opens is attached to <body>; a kernel-selection one is among them.
 RECORD_DIALOGS = """
 window.addEventListener("DOMContentLoaded", () => {
@@ -162,9 +172,10 @@ def wait_until_serving(process: subprocess.Popen, url: str, log: Path) -> None:
 
 
 @pytest.fixture(params=["course", "separate"], ids=["course-jupyterlab", "separate-jupyterlab"])
-def server(request, tmp_path, coco_data_dir, separate_jupyterlab):
+def server(request, tmp_path, coco_data_dir):
     """A JupyterLab on a temporary course copy, with private Jupyter folders; its tree is
-    killed afterwards, kernels included."""
+    killed afterwards, kernels included. A test of one JupyterLab only narrows `params` with
+    `@pytest.mark.parametrize("server", [...], indirect=True)`."""
     jupyter_dirs = {name: tmp_path / name for name in ("config", "data", "runtime")}
     # The first-run question about Jupyter news would cover part of every screenshot.
     settings = (jupyter_dirs["config"] / "lab" / "user-settings" / "@jupyterlab"
@@ -177,7 +188,7 @@ def server(request, tmp_path, coco_data_dir, separate_jupyterlab):
     if request.param == "course":
         bin_dir = REPO / ".venv" / "bin"  # finds the kernel registered inside .venv
     else:
-        bin_dir = separate_jupyterlab
+        bin_dir = request.getfixturevalue("separate_jupyterlab")  # built only when needed
         install_kernel(jupyter_dirs["data"])  # `make install` registers it for the user
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
         env.pop("VIRTUAL_ENV", None)
@@ -198,10 +209,29 @@ def server(request, tmp_path, coco_data_dir, separate_jupyterlab):
         stop_process_tree(process)
 
 
-def open_lab(browser, server: Server, lab: str):
-    """Open labs/`lab` as a student does; JupyterLab must start the course kernel unasked."""
+def prepared_solution(root: Path, lesson: str, output_dir: Path, extra: dict) -> Path:
+    """`lesson`'s solution in root/solutions, beside root/sample_images, with the smoke profile's
+    values and `extra` injected as the runner's --prepare-only injects them (paths absolute,
+    so that it runs from its folder); the data those values stand for are made first."""
+    notebook = REPO / "solutions" / f"{lesson}.ipynb"
+    parameters = notebook_parameters(notebook, profiles.SMOKE, REPO / "data", output_dir,
+                                     root / "sample_images", extra,
+                                     feature_cache_dir=REPO / "build" / "feature_cache")
+    # The kernel starts with the server's environment: the profile must ask for nothing else.
+    assert kernel_environment(profiles.SMOKE, lesson, REPO / "build") == {}
+    prepare_data(profiles.SMOKE, [lesson], REPO / "data")
+    copy = root / "solutions" / notebook.name
+    copy.parent.mkdir()
+    outcome = execution.execute(notebook, copy, parameters, cwd=copy.parent, timeout_s=300,
+                                prepare_only=True)
+    assert outcome.status == "ok", outcome
+    return copy
+
+
+def open_lab(browser, server: Server, lab: str, folder: str = "labs"):
+    """Open `folder`/`lab` as a student does; JupyterLab must start the course kernel unasked."""
     page = browser.new_page()
-    page.goto(f"{server.url}/lab/tree/labs/{lab}?reset&token={server.token}")
+    page.goto(f"{server.url}/lab/tree/{folder}/{lab}?reset&token={server.token}")
     page.wait_for_function(KERNEL_IDLE_OR_DIALOG, timeout=KERNEL_START_MS, polling=250)
     assert page.evaluate("window.dialogsSeen") == [], "JupyterLab asked for something"
     assert page.locator(KERNEL_STATUS).text_content() == f"{DISPLAY_NAME} | Idle"
@@ -210,7 +240,8 @@ def open_lab(browser, server: Server, lab: str):
     return page
 
 
-def run_all_and_save(page, server: Server, lab: str) -> nbformat.NotebookNode:
+def run_all_and_save(page, server: Server, lab: str,
+                     folder: str = "labs") -> nbformat.NotebookNode:
     """Run > Run All Cells, wait for the run to end, save; the notebook as saved."""
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
@@ -218,14 +249,38 @@ def run_all_and_save(page, server: Server, lab: str) -> nbformat.NotebookNode:
     page.locator('.jp-NotebookPanel-toolbar [data-command="docmanager:save"]').click()
     expect(page.locator(".lm-DockPanel-tabBar .jp-mod-dirty")).to_have_count(0)
     assert page.evaluate("window.dialogsSeen") == [], "JupyterLab asked for something"
-    return nbformat.read(server.root / "labs" / lab, as_version=4)
+    return nbformat.read(server.root / folder / lab, as_version=4)
 
 
-def screenshot(page, server: Server, lab: str, last_shown) -> None:
-    """The notebook as the student sees it, scrolled down to the end of `last_shown`."""
+def screenshot(page, server: Server, lab: str, last_shown, what: str = "") -> None:
+    """The notebook as the student sees it, scrolled down to the end of `last_shown`; `what`
+    tells apart two screenshots of one notebook."""
     last_shown.evaluate(SCROLL_TO_BOTTOM)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{Path(lab).stem}-{server.name}-jupyterlab.png")
+    name = "-".join(part for part in (Path(lab).stem, what, server.name) if part)
+    page.screenshot(path=SCREENSHOTS / f"{name}-jupyterlab.png")
+
+
+def choose_file(page, button, file) -> None:
+    """Click an upload `button` and pick `file` (a path, or Playwright's name, mimeType and
+    buffer) in the file chooser it opens; its <input> is never in the page to be filled."""
+    with page.expect_file_chooser() as chooser:
+        button.click()
+    chooser.value.set_files(file)
+
+
+def drawn_shares(image, bands: int = 4) -> list[float]:
+    """For each of `bands` horizontal bands of a page's PNG <img>, the share of its pixels that
+    something was drawn on (not white once put on white): a figure drawn whole has panels in
+    every band, one drawn over by another thread blank or cut off below."""
+    import numpy as np
+    from PIL import Image
+
+    png = base64.b64decode(image.get_attribute("src").split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as figure:
+        gray = np.asarray(Image.alpha_composite(Image.new("RGBA", figure.size, "white"),
+                                                figure.convert("RGBA")).convert("L"))
+    return [float(np.mean(band < 250)) for band in np.array_split(gray, bands)]
 
 
 def code_cells(notebook: nbformat.NotebookNode) -> list:
@@ -280,3 +335,46 @@ def test_main_lab_runs_to_exercise_1_and_stops_there(browser, server):
                  if output.get("data", {}).get("text/plain", "").startswith("reading captions")]
     assert WIDGET_MIME in reading.data  # tqdm.auto chose the notebook bar: a Jupyter widget
     assert "IProgress not found" not in shown_text(cells)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["course"], ids=["course-jupyterlab"], indirect=True)
+def test_main_solution_captions_a_photo_uploaded_with_its_button(browser, server, tmp_path):
+    lesson = "image_captioning.ipynb"
+    prepared_solution(server.root, Path(lesson).stem, tmp_path / "outputs",
+                      {"EPOCHS": 3, "EVAL_IMAGES": 16})
+    page = open_lab(browser, server, lesson, folder="solutions")
+    cells = code_cells(run_all_and_save(page, server, lesson, folder="solutions"))
+    assert errors(cells) == []
+    assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1))
+
+    upload_cell = page.locator(".jp-CodeCell", has=page.locator(".widget-upload"))
+    button = upload_cell.locator("button.widget-upload")
+    expect(button).to_contain_text("Your photo")
+    shown = upload_cell.locator(".widget-output")  # the cell's own output captions photos[0]
+
+    choose_file(page, button, server.root / "sample_images" / "coffee.jpg")
+    expect(shown).to_contain_text("beam: ", timeout=DESCRIBE_MS)
+    lines = shown.inner_text().splitlines()
+    [greedy] = [line for line in lines if line.startswith("greedy: ")]
+    assert len([line for line in lines if line.startswith("beam: ")]) == 1, lines
+    assert greedy.removeprefix("greedy: ").strip(), lines
+    attention_map = shown.locator("img")  # one figure, a panel per word
+    expect(attention_map).to_have_count(1)
+    attention_map.evaluate("image => image.decode()")  # laid out at its height once decoded
+    expect(attention_map).to_be_visible()
+    screenshot(page, server, lesson, shown, what="upload")
+    # JupyterLab sends widget messages to a kernel subshell, whose thread may redraw every
+    # pyplot figure (IPython's post_execute) while the upload's one is being rendered.
+    shares = drawn_shares(attention_map)
+    assert min(shares) > 0.01, f"the attention map is blank or cut off: drawn shares {shares}"
+
+    choose_file(page, button, {"name": "notes.jpg", "mimeType": "image/jpeg",
+                               "buffer": b"Shopping: milk, eggs.\nNot a photo at all.\n"})
+    expect(shown).to_contain_text("error: notes.jpg is not a readable image: ",
+                                  timeout=DESCRIBE_MS)
+    lines = [line for line in shown.inner_text().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: notes.jpg is not a readable"), lines
+    expect(shown.locator("img")).to_have_count(0)  # the photo's map is gone with its captions
+    assert page.evaluate("window.dialogsSeen") == [], "JupyterLab asked for something"
+    page.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
+from matplotlib.figure import Figure
 
 from captioning_course.images import read_image
 
@@ -31,9 +33,11 @@ def plot_attention(photo: np.ndarray, words: Sequence[str], maps, grid: tuple[in
         raise ValueError(f"expected one map of {rows}x{cols} = {rows * cols} weights per word "
                          f"for {len(words)} words, got maps of shape {maps.shape}")
     columns = min(columns, len(words))
-    fig, axes = plt.subplots(math.ceil(len(words) / columns), columns,
-                             figsize=(2.8 * columns, 2.9 * math.ceil(len(words) / columns)),
-                             squeeze=False)
+    # A figure pyplot does not track: drawn from an upload button's callback, which JupyterLab
+    # runs beside the kernel's main thread, pyplot's own redraw of its figures after every
+    # widget message would draw on the same canvas at the same time and blank parts of it.
+    fig = Figure(figsize=(2.8 * columns, 2.9 * math.ceil(len(words) / columns)))
+    axes = fig.subplots(math.ceil(len(words) / columns), columns, squeeze=False)
     for ax, word, weights in zip(axes.flat, words, maps, strict=False):
         ax.imshow(photo)
         ax.imshow(weights.reshape(rows, cols), cmap="inferno", alpha=0.6,
@@ -44,7 +48,7 @@ def plot_attention(photo: np.ndarray, words: Sequence[str], maps, grid: tuple[in
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=80)
-    plt.show()
+    display(fig)
 
 
 def show_captioned_photos(paths: Sequence[str | Path], captions: Mapping[str, Mapping], *,

@@ -18,6 +18,11 @@ from captioning_course.check.image_captioning import (
     masked_loss,
     tokenizer,
 )
+from captioning_course.check.image_captioning_at_scale import (
+    loss_scale_step,
+    replica_loss,
+    serving_function,
+)
 from captioning_course.check.image_captioning_custom_loop import (
     bahdanau_attention,
     decoder_step,
@@ -43,8 +48,11 @@ __all__ = [
     "decoder_step",
     "ds_fn",
     "log_frequency_bias",
+    "loss_scale_step",
     "masked_loss",
     "masked_loss_and_accuracy",
+    "replica_loss",
+    "serving_function",
     "teacher_forcing",
     "tokenizer",
     "train_step",
