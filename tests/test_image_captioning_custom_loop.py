@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nbformat
 import numpy as np
@@ -38,6 +39,20 @@ def test_training_lowers_the_training_and_the_validation_loss(metrics):
     assert len(loss["train"]) == len(loss["val"]) == SMOKE_EPOCHS
     assert loss["train"][-1] < loss["train"][0]
     assert loss["val"][-1] < loss["val"][0]
+
+
+def test_the_untrained_decoder_starts_near_ln_v(metrics):
+    """fc2 starts with a zero bias and a small kernel: every word about 1 / V."""
+    chance = math.log(metrics["data"]["vocabulary"])
+    assert metrics["loss"]["initial"] == pytest.approx(chance, rel=0.05)
+
+
+def test_consecutive_training_batches_share_few_images(metrics):
+    """Interleaving one caption of each of 64 images in turn shares all 64 images with the
+    batch before four times out of five (a mean near 51); shuffled pairs share a few."""
+    mixing = metrics["batch_mixing"]
+    assert mixing["batches"] >= 20
+    assert mixing["shared_with_previous_mean"] < 0.2 * mixing["batch_size"]
 
 
 def test_compiled_decoding_writes_the_loop_captions(metrics):
