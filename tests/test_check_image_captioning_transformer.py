@@ -4,10 +4,6 @@ words."""
 
 from __future__ import annotations
 
-import inspect
-import itertools
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -16,26 +12,14 @@ from keras import ops
 from test_check_core import fails_with, passes
 
 from captioning_course import check, grade
-from captioning_course.check import image_captioning_transformer as lesson_checks
 from conftest import REPO, edited_definitions, notebook_definitions
 
 LESSON_3 = REPO / "solutions" / "image_captioning_transformer.ipynb"
-LESSON = notebook_definitions(LESSON_3, "CausalSelfAttention", "CrossAttention", "FeedForward",
-                              "DecoderLayer", "log_frequency_bias", "masked_loss", "masked_acc")
-# The lesson reads [UNK]'s id from its vocabulary; the checks' fixed batch has it at 1.
-UNKNOWN_ID = LESSON["unknown_id"] = lesson_checks.CAPTION_UNKNOWN_ID
-CausalSelfAttention, CrossAttention, DecoderLayer = (
-    LESSON[name] for name in ("CausalSelfAttention", "CrossAttention", "DecoderLayer"))
-log_frequency_bias, masked_loss, masked_acc = (
-    LESSON[name] for name in ("log_frequency_bias", "masked_loss", "masked_acc"))
-
-
-def variant(base: type, body: str) -> type:
-    """The lesson's class `base` with a call of the same arguments whose body is `body`."""
-    arguments = ", ".join(inspect.signature(base.call).parameters)
-    namespace = {"ops": ops, "np": np}
-    exec(f"def call({arguments}):\n" + textwrap.indent(body, "    "), namespace)
-    return type(base.__name__, (base,), {"call": namespace["call"]})
+LESSON = notebook_definitions(LESSON_3, "causal_mask", "scaled_dot_product_attention",
+                              "log_frequency_bias", "attend_with_cache")
+causal_mask, scaled_dot_product_attention, log_frequency_bias, attend_with_cache = (
+    LESSON[name] for name in ("causal_mask", "scaled_dot_product_attention",
+                              "log_frequency_bias", "attend_with_cache"))
 
 
 def cases(table: dict) -> dict:
@@ -43,12 +27,11 @@ def cases(table: dict) -> dict:
 
 
 def lesson_checks_pass(capsys) -> None:
-    check.causal_self_attention(CausalSelfAttention)
-    check.cross_attention(CrossAttention)
-    check.decoder_layer(DecoderLayer)
+    check.causal_mask(causal_mask)
+    check.scaled_dot_product_attention(scaled_dot_product_attention)
     check.log_frequency_bias(log_frequency_bias)
-    check.masked_loss_and_accuracy(masked_loss, masked_acc)
-    passes(capsys, 1, 2, 3, 4, 5, 6)
+    check.attend_with_cache(attend_with_cache)
+    passes(capsys, 1, 2, 3, 4)
 
 
 def test_every_check_passes_on_the_solution(capsys):
@@ -63,182 +46,137 @@ def test_the_checks_pass_under_mixed_precision(capsys):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_a_failure_of_the_shared_cell_is_graded_per_exercise():
-    for text, grades in [(EX5 + ": the loss is summed", ("fail: the loss is summed", "not ")),
-                         (EX6 + ": the hits", ("pass", "fail: the hits"))]:
-        passed = "PASS Exercise 5 (masked_loss): ...\n" if text.startswith(EX6) else ""
+def test_a_failure_of_a_shared_check_cell_is_graded_per_exercise():
+    for text, grades in [("Exercise 5 (loss): it is summed", ("fail: it is summed", "not ")),
+                         ("Exercise 6 (accuracy): the hits", ("pass", "fail: the hits"))]:
+        passed = "PASS Exercise 5 (loss): ...\n" if "Exercise 6" in text else ""
         cell = {"outputs": [{"output_type": "stream", "name": "stdout", "text": passed}]}
         errors = [{"ename": "SelfCheckFailed", "evalue": text}]
         assert grade._shared_grade(5, cell, errors).startswith(grades[0])
         assert grade._shared_grade(6, cell, errors).startswith(grades[1])
 
 
-UNANSWERED = "raise NotImplementedError('Exercise: write this')"
+def edited(name: str, *replace: tuple[str, str]):
+    """The lesson's `name` with a mistake edited into its source."""
+    namespace = {"np": np, "ops": ops, "tf": tf,
+                 "scaled_dot_product_attention": scaled_dot_product_attention}
+    return edited_definitions(LESSON_3, (name,), namespace, *replace)[name]
 
 
-# Exercise 1: causal self-attention -----------------------------------------------------------
+# Exercise 1: the causal mask -----------------------------------------------------------------
 
-EX1 = "Exercise 1 (CausalSelfAttention)"
-CAUSAL = "self.mha(query=x, value=x, use_causal_mask=True)"
-PRE_NORM = ("normed = self.layernorm(x)\n"
-            "attention = self.mha(normed, normed, use_causal_mask=True)\n")
+EX1 = "Exercise 1 (causal_mask)"
+MASK_LINE = "return positions[None, :] <= positions[:, None]"
 
 
-@pytest.mark.parametrize("body", **cases({
-    "positional": "return self.layernorm(self.add([x, self.mha(x, x, use_causal_mask=True)]))",
-    "query-key-value": "return self.layernorm(x + self.mha(x, x, x, use_causal_mask=True))",
-    "lower-triangular-mask": "mask = ops.tril(ops.ones((ops.shape(x)[1],) * 2, 'bool'))\n"
-                             "return self.layernorm(x + self.mha(x, x, attention_mask=mask))",
+@pytest.mark.parametrize("fn", **cases({
+    "tril": lambda n: np.tril(np.ones((n, n), dtype=bool)),
+    "ones-and-zeros": lambda n: np.tril(np.ones((n, n))),
+    "keras-ops": lambda n: ops.tril(ops.ones((n, n), "bool")),
+    "tensorflow": lambda n: tf.linalg.band_part(tf.ones((n, n)), -1, 0) > 0,
 }))
-def test_causal_self_attention_accepts_equivalent_forms(body, capsys):
-    check.causal_self_attention(variant(CausalSelfAttention, body))
+def test_causal_mask_accepts_equivalent_forms(fn, capsys):
+    check.causal_mask(fn)
     passes(capsys, 1)
 
 
-@pytest.mark.parametrize("body,message", **cases({
-    "no-causal-mask": ("return self.layernorm(self.add([x, self.mha(query=x, value=x)]))",
-                       "later words leak into earlier positions: pass use_causal_mask=True"),
-    "no-residual": (f"return self.layernorm({CAUSAL})", "the residual is missing"),
-    "no-norm": (f"return self.add([x, {CAUSAL}])", "the layer norm is missing"),
-    "norm-before-add": (f"return x + self.layernorm({CAUSAL})",
-                        "the layer norm is applied to the attention before the residual sum"),
-    "pre-norm": (PRE_NORM + "return x + attention", r"the layer norm comes first \(pre-norm\)"),
-    "pre-norm-normed-sum": (PRE_NORM + "return normed + attention", r"\(pre-norm\)"),
-    "attention-only": (f"return {CAUSAL}", "the layer returns the attention alone"),
-    "mean-over-words": (f"return ops.mean(self.layernorm(x + {CAUSAL}), 1)",
-                        r"the layer returns shape \(3, 8\); expected \(batch, words, features\)"),
-    "returns-nothing": (f"self.layernorm(x + {CAUSAL})",
-                        r"the layer returns None: return self.layernorm\(self.add"),
-    "unanswered": (UNANSWERED, "the layer raised NotImplementedError: Exercise: write this$"),
-    "numpy": (f"return self.layernorm(np.asarray(x) + np.asarray({CAUSAL}))",
-              "the output is right, but the layer fails inside a tf.function as in training: "
-              "use keras.ops, not NumPy"),
+@pytest.mark.parametrize("expression,message", **cases({
+    "upper-triangle": ("positions[None, :] >= positions[:, None]", "on the wrong side"),
+    "no-diagonal": ("positions[None, :] < positions[:, None]", "a word cannot see itself"),
+    "hidden-pairs": ("positions[None, :] > positions[:, None]", "True marks the pairs to hide"),
+    "all-true": ("np.ones((length, length), bool)", "nothing is masked"),
+    "one-row": ("positions <= 2", r"shape \(5,\); expected \(5, 5\)"),
+    "nothing": ("None", "causal_mask returns None"),
 }))
-def test_causal_self_attention_wrong_answers(body, message):
+def test_causal_mask_wrong_answers(expression, message):
     with fails_with(message, EX1):
-        check.causal_self_attention(variant(CausalSelfAttention, body))
+        check.causal_mask(edited("causal_mask", (MASK_LINE, f"return {expression}")))
 
 
-# Exercise 2: cross-attention -----------------------------------------------------------------
+# Exercise 2: scaled dot-product attention ----------------------------------------------------
 
-EX2 = "Exercise 2 (CrossAttention)"
-KEPT = "self.last_attention_scores = scores\n"
-SWAPPED = "attention, scores = self.mha(context, x, return_attention_scores=True)\n" + KEPT
-
-
-def cross(attend="self.mha(x, context, return_attention_scores=True)", keep=KEPT,
-          output="self.layernorm(self.add([x, attention]))") -> str:
-    return f"attention, scores = {attend}\n{keep}return {output}"
+EX2 = "Exercise 2 (scaled_dot_product_attention)"
+SCORES_LINE = 'scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / ops.sqrt(depth)'
+MASK_APPLIED = "scores = ops.where(mask[:, None], scores, -1e9)"
+SOFTMAX_LINE = "weights = ops.softmax(scores, axis=-1)"
+OUTPUT_LINE = 'return ops.einsum("bhqk,bkhd->bqhd", weights, value), weights'
 
 
-@pytest.mark.parametrize("body", **cases({
-    "positional": cross(output="self.layernorm(x + attention)"),
-    "keywords-with-key": cross("self.mha(query=x, key=context, value=context, "
-                               "return_attention_scores=True)"),
-    "scores-from-a-second-call": "attention = self.mha(query=x, value=context)\n_, scores = "
-                                 "self.mha(x, context, return_attention_scores=True)\n" + KEPT
-                                 + "return self.layernorm(self.add([x, attention]))",
+def heads_first(query, key, value, mask=None):
+    q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (query, key, value))
+    scores = tf.matmul(q, k, transpose_b=True) / tf.sqrt(tf.cast(tf.shape(q)[-1], q.dtype))
+    if mask is not None:
+        scores += -1e9 * (1.0 - tf.cast(mask[:, None], scores.dtype))
+    weights = tf.nn.softmax(scores)
+    return tf.transpose(weights @ v, [0, 2, 1, 3]), weights
+
+
+@pytest.mark.parametrize("fn", **cases({
+    "transpose-and-matmul-additive-mask": heads_first,
+    "minus-inf": edited("scaled_dot_product_attention", (MASK_APPLIED, 'scores = ops.where('
+                        'mask[:, None], scores, float("-inf"))')),
+    "scaled-query": edited("scaled_dot_product_attention", (SCORES_LINE, 'scores = ops.einsum('
+                           '"bqhd,bkhd->bhqk", query / ops.sqrt(depth), key)')),
 }))
-def test_cross_attention_accepts_equivalent_forms(body, capsys):
-    check.cross_attention(variant(CrossAttention, body))
+def test_attention_accepts_equivalent_forms(fn, capsys):
+    check.scaled_dot_product_attention(fn)
     passes(capsys, 2)
 
 
-@pytest.mark.parametrize("body,message", **cases({
-    "swapped": (cross("self.mha(query=context, value=x, return_attention_scores=True)"),
-                "query and value are swapped: the output has one row per region"),
-    "swapped-added-to-context": (cross("self.mha(context, x, return_attention_scores=True)",
-                                       output="self.layernorm(self.add([context, attention]))"),
-                                 "query and value are swapped"),
-    "causal": (cross("self.mha(x, context, return_attention_scores=True, use_causal_mask=True)"),
-               "a causal mask is used: cross-attention lets every word look at every region"),
-    "scores-not-kept": (cross(keep=""), "the scores are not kept: self.last_attention_scores "
-                                        "is missing or None"),
-    "scores-set-once": (cross(keep="if not hasattr(self, 'last_attention_scores'): " + KEPT),
-                        "last_attention_scores are stale, an earlier call's"),
-    "return-scores-forgotten": (cross("self.mha(query=x, value=context)"),
-                                r"self.mha\(...\) returns the attention alone unless asked for "
-                                "the scores too: pass return_attention_scores=True"),
-    "words-as-value": (cross("self.mha(x, x, return_attention_scores=True)"),
-                       "the scores have one column per word, so the words attend to each other"),
-    "no-residual": (cross(output="self.layernorm(attention)"), "the residual is missing"),
-    "pre-norm": (cross("self.mha(self.layernorm(x), context, return_attention_scores=True)",
-                       output="x + attention"), r"the layer norm comes first \(pre-norm\)"),
-    "returns-scores-too": (cross(output="self.layernorm(x + attention), scores"),
-                           "the layer returns a tuple of 2 items: return one tensor"),
-    "unanswered": (UNANSWERED, "the layer raised NotImplementedError"),
+def heads_mixed(query, key, value, mask=None):
+    scores = tf.matmul(query, key, transpose_b=True) / 2.0  # (batch, tokens, heads, heads)
+    weights = tf.nn.softmax(scores)
+    return weights @ value, tf.transpose(weights, [0, 2, 1, 3])
+
+
+@pytest.mark.parametrize("replace,message", **cases({
+    "no-scaling": ((SCORES_LINE, SCORES_LINE.replace(" / ops.sqrt(depth)", "")),
+                   "the scores are not scaled"),
+    "divided-by-depth": ((SCORES_LINE, SCORES_LINE.replace("ops.sqrt(depth)", "depth")),
+                         "divided by d_k: divide them by its square root"),
+    "softmax-over-queries": ((SOFTMAX_LINE, SOFTMAX_LINE.replace("-1", "-2")),
+                             "the softmax runs over the queries"),
+    "mask-ignored": ((MASK_APPLIED, "pass"), "the mask is not applied"),
+    "mask-inverted": ((MASK_APPLIED, MASK_APPLIED.replace("scores, -1e9", "-1e9, scores")),
+                      "the wrong way round"),
+    "mask-after-softmax": ([(MASK_APPLIED, "pass"),
+                            (SOFTMAX_LINE, SOFTMAX_LINE + "\n    if mask is not None:\n"
+                             "        weights = weights * ops.cast(mask[:, None], weights.dtype)")],
+                           "zeroes the weights after the softmax"),
+    "heads-last": ((OUTPUT_LINE, 'return ops.einsum("bhqk,bkhd->bhqd", weights, value), '
+                                 "weights"),
+                   r"\(batch, heads, tokens, depth\): put the heads back after the tokens"),
+    "output-only": ((OUTPUT_LINE, 'return ops.einsum("bhqk,bkhd->bqhd", weights, value)'),
+                    r"return two things, \(output, scores\)"),
+    "raw-scores": ((OUTPUT_LINE, OUTPUT_LINE.replace(", weights\n", ", scores\n")
+                    .replace("value), weights", "value), scores")),
+                   "the scores are not the attention weights"),
 }))
-def test_cross_attention_wrong_answers(body, message):
+def test_attention_wrong_answers(replace, message):
+    edits = replace if isinstance(replace, list) else [replace]
     with fails_with(message, EX2):
-        check.cross_attention(variant(CrossAttention, body))
+        check.scaled_dot_product_attention(edited("scaled_dot_product_attention", *edits))
 
 
-# Exercise 3: the decoder layer ---------------------------------------------------------------
-
-EX3 = "Exercise 3 (DecoderLayer)"
-SCORES = "self.last_attention_scores = self.cross_attention.last_attention_scores\n"
-
-
-def decoder(*steps: str, scores: str = SCORES, output: str = "text") -> str:
-    """A call body running `steps` (each a line), then keeping the `scores`."""
-    return "\n".join(steps) + f"\n{scores}return {output}"
+def test_mixed_up_heads_are_named():
+    with fails_with("the heads are mixed up", EX2):
+        check.scaled_dot_product_attention(heads_mixed)
 
 
-SELF, CROSS = "text = self.self_attention(text)", "text = self.cross_attention(text, image)"
-FEED = "text = self.feed_forward(text)"
+def test_attention_in_numpy_is_told_to_use_keras_ops():
+    def in_numpy(query, key, value, mask=None):
+        scores = np.einsum("bqhd,bkhd->bhqk", query, key) / np.sqrt(np.shape(query)[-1])
+        if mask is not None:
+            scores = np.where(np.asarray(mask)[:, None], scores, -1e9)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        return np.einsum("bhqk,bkhd->bqhd", weights, value), weights
+
+    with fails_with("fails inside a tf.function", EX2):
+        check.scaled_dot_product_attention(in_numpy)
 
 
-@pytest.mark.parametrize("body", **cases({
-    "keywords": decoder("a = self.self_attention(x=text)",
-                        "b = self.cross_attention(x=a, context=image)", output="self.feed_"
-                        "forward(x=b)"),
-    "one-expression": decoder("out = self.feed_forward(self.cross_attention("
-                              "self.self_attention(text), image))", output="out"),
-}))
-def test_decoder_layer_accepts_equivalent_forms(body, capsys):
-    check.decoder_layer(variant(DecoderLayer, body))
-    passes(capsys, 3)
-
-
-@pytest.mark.parametrize("body,message", **cases({
-    "cross-first": (decoder(CROSS, SELF, FEED), "the cross-attention runs before the "
-                                                "self-attention"),
-    "no-self-attention": (decoder(CROSS, FEED), "the self-attention's output is not used"),
-    "cross-fed-the-text": (decoder("x = self.self_attention(text)", CROSS, FEED),
-                           "the self-attention's output is not used"),
-    "no-cross-attention": (decoder(SELF, FEED, scores=""), "the cross-attention's output is "
-                                                           "not used"),
-    "cross-output-unused": (decoder(SELF, "self.cross_attention(text, image)", FEED),
-                            "the cross-attention's output is not used"),
-    "no-cross-but-scores": (decoder(SELF, FEED), "self.cross_attention.last_attention_scores "
-                                                 "does not exist yet: the cross-attention is "
-                                                 "skipped or runs after it is read"),
-    "no-feed-forward": (decoder(SELF, CROSS), r"the feed-forward is skipped: return "
-                                              r"self.feed_forward\(text\)"),
-    "original-text": (decoder("a = self.self_attention(text)", "b = self.cross_attention("
-                              "text, image)", FEED), "each sublayer is fed the original text"),
-    "image-text-swapped": (decoder(SELF, "text = self.cross_attention(image, text)", FEED),
-                           r"the image and the text are swapped in the cross-attention: call "
-                           r"self.cross_attention\(text, image\)"),
-    "text-as-context": (decoder(SELF, "text = self.cross_attention(text, text)", FEED),
-                        "the cross-attention is given the text as its context"),
-    "scores-not-kept": (decoder(SELF, CROSS, FEED, scores=""),
-                        "the decoder layer keeps no scores: set self.last_attention_scores = "),
-    "scores-read-first": ("if True:\n    " + SCORES + decoder(SELF, CROSS, FEED, scores=""),
-                          "last_attention_scores does not exist yet"),
-    "scores-set-once": (decoder(SELF, CROSS, FEED, scores="if not hasattr(self, "
-                                "'last_attention_scores'):\n    " + SCORES),
-                        "last_attention_scores are stale, an earlier call's"),
-    "unanswered": (UNANSWERED, "the layer raised NotImplementedError"),
-}))
-def test_decoder_layer_wrong_answers(body, message):
-    with fails_with(message, EX3):
-        check.decoder_layer(variant(DecoderLayer, body))
-
-
-# Exercise 4: the output layer's first bias ---------------------------------------------------
-
-EX4 = "Exercise 4 (log_frequency_bias)"
+EX3 = "Exercise 3 (log_frequency_bias)"
 
 
 def banned_or_unseen(counts, banned_ids):
@@ -264,7 +202,7 @@ def log_count_minus_log_total(counts, banned_ids):
 }))
 def test_log_frequency_bias_accepts_equivalent_forms(fn, capsys):
     check.log_frequency_bias(fn)
-    passes(capsys, 4)
+    passes(capsys, 3)
 
 
 BIAS_RETURN = "return np.log(probabilities, out=np.full(len(counts), -1e9), where=counts > 0)"
@@ -318,214 +256,58 @@ def returning(expression: str) -> tuple[str, str]:
 }))
 def test_log_frequency_bias_wrong_answers(replace, message):
     wrong = edited_definitions(LESSON_3, ("log_frequency_bias",), {"np": np}, replace)
-    with fails_with(message, EX4):
+    with fails_with(message, EX3):
         check.log_frequency_bias(wrong["log_frequency_bias"])
 
 
-# Exercises 5 and 6: the loss and the accuracy ------------------------------------------------
+# Exercise 4: a decoding step with a key/value cache -----------------------------------------
 
-EX5, EX6 = "Exercise 5 (masked_loss)", "Exercise 6 (masked_acc)"
-
-
-def test_loss_and_accuracy_mistakes_give_clearly_different_values():
-    for variants, mistakes in [
-            (lesson_checks.caption_loss_variants(), lesson_checks.CAPTION_LOSS_MISTAKES),
-            (lesson_checks.caption_accuracy_variants(), lesson_checks.CAPTION_ACC_MISTAKES)]:
-        for (a, x), (b, y) in itertools.combinations(variants.items(), 2):
-            assert abs(x - y) > 0.1 * max(abs(x), abs(y)), (a, x, b, y)
-        assert set(variants) - {"correct"} == set(mistakes)
-    labels, logits = lesson_checks.CAPTION_LABELS, lesson_checks.CAPTION_LOGITS
-    per_token = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                             from_logits=True).numpy()
-    real = labels > 1
-    np.testing.assert_allclose(per_token[real], lesson_checks.CAPTION_PER_TOKEN_LOSS[real],
-                               rtol=1e-5)
-    assert (per_token[~real] > 1e8).all()
-    assert np.array_equal(logits.argmax(-1) == labels, lesson_checks.CAPTION_HITS == 1)
+EX4 = "Exercise 4 (attend_with_cache)"
+KEYS_LINE = "keys = ops.where(here, attention.key_dense(x), keys)"
+SEEN_LINE = "seen = slots[None, None, :] <= position[:, None, None]"
+CACHE_RETURN = "return attention.output_dense(output), keys, values"
 
 
-def per_token(labels, logits, from_logits=True):
-    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=from_logits)
+def one_hot_writes(attention, x, keys, values, position):
+    slot = ops.one_hot(position, ops.shape(keys)[1], dtype=keys.dtype)[:, :, None, None]
+    keys = keys * (1 - slot) + attention.key_dense(x) * slot
+    values = values * (1 - slot) + attention.value_dense(x) * slot
+    seen = ops.arange(ops.shape(keys)[1])[None, None, :] <= position[:, None, None]
+    output, _ = scaled_dot_product_attention(attention.query_dense(x), keys, values, seen)
+    return attention.output_dense(output), keys, values
 
 
-def mean_over(values, mask):
-    mask = ops.cast(mask, "float32")
-    return ops.sum(ops.cast(values, "float32") * mask) / ops.maximum(ops.sum(mask), 1.0)
+def scatter_writes(attention, x, keys, values, position):
+    rows = tf.stack([tf.range(tf.shape(position)[0]), position], axis=1)
+    keys = tf.tensor_scatter_nd_update(keys, rows, attention.key_dense(x)[:, 0])
+    values = tf.tensor_scatter_nd_update(values, rows, attention.value_dense(x)[:, 0])
+    seen = tf.range(tf.shape(keys)[1])[None, None, :] <= position[:, None, None]
+    output, _ = scaled_dot_product_attention(attention.query_dense(x), keys, values, seen)
+    return attention.output_dense(output), keys, values
 
 
-def real(labels, logits=None):
-    return ops.logical_and(ops.not_equal(labels, 0), ops.not_equal(labels, UNKNOWN_ID))
+@pytest.mark.parametrize("fn", **cases({"one-hot": one_hot_writes, "scatter": scatter_writes}))
+def test_attend_with_cache_accepts_equivalent_forms(fn, capsys):
+    check.attend_with_cache(fn)
+    passes(capsys, 4)
 
 
-def loss_with(mask_of=real, from_logits=True):
-    return lambda labels, logits: mean_over(per_token(labels, logits, from_logits),
-                                            mask_of(labels, logits))
-
-
-def accuracy_with(mask_of=real, axis=-1, share=True):
-    def accuracy(labels, logits):
-        hits = ops.cast(ops.argmax(logits, axis=axis), labels.dtype) == labels
-        return mean_over(hits, mask_of(labels)) if share else ops.sum(
-            ops.cast(hits, "float32") * ops.cast(mask_of(labels), "float32"))
-
-    return accuracy
-
-
-def loss_object(labels, logits):
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    mask = tf.cast(real(labels), tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(loss_fn(labels, logits) * mask),
-                                 tf.reduce_sum(mask))
-
-
-@pytest.mark.parametrize("loss,accuracy", **cases({
-    "ops-and-tf.argmax": (loss_with(), lambda labels, logits: mean_over(
-        tf.argmax(logits, -1) == tf.cast(labels, tf.int64), real(labels))),
-    "boolean-mask-and-ops.equal": (
-        lambda labels, logits: tf.reduce_sum(tf.boolean_mask(per_token(labels, logits),
-                                                             labels > 1))
-        / tf.maximum(tf.reduce_sum(tf.cast(labels > 1, tf.float32)), 1.0),
-        lambda labels, logits: mean_over(ops.equal(ops.argmax(logits, -1), labels),
-                                         real(labels))),
-    "loss-object": (loss_object, masked_acc),
+@pytest.mark.parametrize("replace,message", **cases({
+    "no-mask": ((SEEN_LINE, "seen = None"), "attends to every slot of the buffers"),
+    "not-itself": ((SEEN_LINE, SEEN_LINE.replace("<=", "<")), "does not attend to itself"),
+    "key-not-written": ((KEYS_LINE, "pass"), "the new word's key is not written into keys"),
+    "next-slot": (("here = (slots[None, :] == position[:, None])",
+                   "here = (slots[None, :] == position[:, None] + 1)"),
+                  r"slots \[1\] of keys changed too"),
+    "every-slot": ((KEYS_LINE, "keys = ops.where(True, attention.key_dense(x), keys)"),
+                   "changed too: write only the new word's slot"),
+    "values-as-keys": ((KEYS_LINE, KEYS_LINE.replace("key_dense", "value_dense")),
+                       "holds something else than the new word's key"),
+    "heads-output": ((CACHE_RETURN, "return output, keys, values"),
+                     "pass it through attention.output_dense"),
+    "no-buffers": ((CACHE_RETURN, "return attention.output_dense(output)"),
+                   r"return three things, \(output, keys, values\)"),
 }))
-def test_loss_and_accuracy_accept_equivalent_forms(loss, accuracy, capsys):
-    check.masked_loss_and_accuracy(loss, accuracy)
-    printed = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in printed] == [f"PASS {EX5}", f"PASS {EX6}"]
-
-
-LOSS_LINES = ("    per_token = keras.losses.sparse_categorical_crossentropy(labels, logits, "
-              "from_logits=True)\n")
-LOSS_RETURN = "return ops.sum(per_token * mask) / ops.maximum(ops.sum(mask), 1.0)"
-ACC_RETURN = "return ops.sum(hits) / ops.maximum(ops.sum(mask), 1.0)"
-
-
-def edited_loss_and_accuracy(*replace: tuple[str, str]) -> tuple:
-    """The lesson's masked_loss and masked_acc with each (old, new) of `replace` made once."""
-    edited = edited_definitions(LESSON_3, ("masked_loss", "masked_acc"),
-                                {"keras": keras, "ops": ops, "tf": tf,
-                                 "unknown_id": UNKNOWN_ID}, *replace)
-    return edited["masked_loss"], edited["masked_acc"]
-
-
-@pytest.mark.parametrize("replace", **cases({
-    "labels-cast-then-one-hot": [(LOSS_LINES, "    labels = ops.cast(labels, 'int32')\n"
-                                  "    per_token = keras.losses.categorical_crossentropy("
-                                  "ops.one_hot(labels, ops.shape(logits)[-1]), logits, "
-                                  "from_logits=True)\n")],
-    "labels-cast-then-gather": [(LOSS_LINES, "    labels = ops.cast(labels, 'int32')\n"
-                                 "    per_token = -tf.gather(tf.nn.log_softmax(logits), labels, "
-                                 "batch_dims=2)\n")],
-    "divide-no-nan": [(LOSS_RETURN, "return tf.math.divide_no_nan(ops.sum(per_token * mask), "
-                                    "ops.sum(mask))"),
-                      (ACC_RETURN, "return tf.math.divide_no_nan(ops.sum(hits), ops.sum(mask))")],
-}))
-def test_the_lesson_s_loss_and_accuracy_in_other_forms_pass(replace, capsys):
-    check.masked_loss_and_accuracy(*edited_loss_and_accuracy(*replace))
-    passes(capsys, 5, 6)
-
-
-@pytest.mark.parametrize("replace", **cases({
-    # A loss given to compile gets float32 labels from fit, though the dataset's are integers.
-    "labels-as-gather-indices": ((LOSS_LINES, "    per_token = -tf.gather(tf.nn.log_softmax("
-                                  "logits), labels, batch_dims=2)\n"),),
-    "one-hot-of-float-labels": ((LOSS_LINES, "    per_token = keras.losses.categorical_"
-                                 "crossentropy(tf.one_hot(labels, ops.shape(logits)[-1]), "
-                                 "logits, from_logits=True)\n"),),
-    "compared-with-int64": (("mask = ops.cast((labels != 0) & (labels != unknown_id), "
-                             "per_token.dtype)", "mask = ops.cast(tf.not_equal(labels, tf."
-                             "constant(0, 'int64')) & tf.not_equal(labels, tf.constant("
-                             "unknown_id, 'int64')), per_token.dtype)"),),
-}))
-def test_a_loss_written_for_integer_labels_is_named(replace, capsys):
-    with fails_with(r"fit passes the labels as float32 \(Keras converts them to the loss's "
-                    r"dtype\): cast them before using them as ids", EX5):
-        check.masked_loss_and_accuracy(*edited_loss_and_accuracy(*replace))
-    passes(capsys)
-
-
-def test_a_missing_guard_against_a_batch_without_words_is_named(capsys):
-    loss, accuracy = edited_loss_and_accuracy((LOSS_RETURN, "return ops.sum(per_token * mask) "
-                                                            "/ ops.sum(mask)"))
-    with fails_with(r"on a batch without a real word \(padding and \[UNK\] only\) masked_loss "
-                    r"gives nan: divide by at least 1, ops.maximum\(ops.sum\(mask\), 1.0\)",
-                    EX5):
-        check.masked_loss_and_accuracy(loss, accuracy)
-    loss, accuracy = edited_loss_and_accuracy((ACC_RETURN, "return ops.sum(hits) / ops.sum(mask)"))
-    with fails_with(r"on a batch without a real word .* masked_acc gives nan", EX6):
-        check.masked_loss_and_accuracy(loss, accuracy)
-    passes(capsys, 5)
-
-
-def masked(values, labels):
-    return values * ops.cast(real(labels), "float32")
-
-
-@pytest.mark.parametrize("loss,message", **cases({
-    "unk-counted": (loss_with(lambda labels, _: labels != 0), r"the \[UNK\] labels are "
-                    "counted: they cost ~1e9 each because the output layer bans \\[UNK\\]"),
-    "padding-counted": (loss_with(lambda labels, _: labels != 1), "padding is counted: it costs"),
-    "no-mask": (loss_with(lambda labels, _: ops.ones_like(labels)), r"padding and \[UNK\] "
-                                                                    "positions are counted"),
-    "mask-from-predictions": (loss_with(lambda _, logits: ops.argmax(logits, -1) > 1),
-                              "build the mask from the labels, not the predictions"),
-    "unmasked-sum": (lambda labels, logits: ops.sum(per_token(labels, logits)) / ops.sum(
-        ops.cast(real(labels), "float32")), "losses are still in the sum"),
-    "mean-of-masked": (lambda labels, logits: ops.mean(masked(per_token(labels, logits), labels)),
-                       "averaged over every position"),
-    "summed": (lambda labels, logits: ops.sum(masked(per_token(labels, logits), labels)),
-               "the loss is summed"),
-    "per-caption": (lambda labels, logits: ops.mean(ops.sum(masked(per_token(
-        labels, logits), labels), 1) / ops.sum(ops.cast(real(labels), "float32"), 1)),
-                    "each caption is averaged separately"),
-    "end-excluded": (loss_with(lambda labels, _: labels > 3), "the end-token positions are "
-                                                              "left out"),
-    "from-probabilities": (loss_with(from_logits=False), "treats the logits as probabilities"),
-    "softmax-twice": (lambda labels, logits: mean_over(per_token(labels, tf.nn.softmax(logits)),
-                                                       real(labels)), "softmax is applied twice"),
-    "not-averaged": (lambda labels, logits: per_token(labels, logits),
-                     r"return one number \(a scalar\), not shape \(3, 7\)"),
-    "returns-nothing": (lambda labels, logits: None, "masked_loss returns None"),
-    "numpy": (lambda labels, logits: mean_over(per_token(labels, logits), np.asarray(labels) > 1),
-              "the value is right, but masked_loss fails inside a tf.function as in training"),
-    "raises": (lambda labels, logits: 1 / 0, "masked_loss raised ZeroDivisionError"),
-    "no-guard-boolean-mask": (lambda labels, logits: tf.reduce_mean(tf.boolean_mask(
-        per_token(labels, logits), labels > 1)), r"on a batch without a real word \(padding "
-                              r"and \[UNK\] only\) masked_loss gives nan: divide by at least 1"),
-}))
-def test_masked_loss_wrong_answers(loss, message, capsys):
-    with fails_with(message, EX5):
-        check.masked_loss_and_accuracy(loss, masked_acc)
-    passes(capsys)
-
-
-@pytest.mark.parametrize("accuracy,message", **cases({
-    "uncast-argmax": (lambda labels, logits: mean_over(ops.argmax(logits, -1) == labels,
-                                                       real(labels)),
-                      "with int64 labels masked_acc raised InvalidArgumentError comparing int64 "
-                      "with int32: cast the argmax and the labels to one integer type"),
-    "argmax-over-words-equal": (lambda labels, logits: mean_over(ops.equal(ops.argmax(
-        logits, axis=1), labels), real(labels)), "the argmax runs over the wrong axis"),
-    "argmax-over-words": (accuracy_with(axis=1), "no position counts as a hit: take the argmax "
-                                                 "over the last axis"),
-    "all-positions": (accuracy_with(lambda labels: ops.ones_like(labels)),
-                      "the hits are divided by every position"),
-    "unk-counted": (accuracy_with(lambda labels: labels != 0), r"the \[UNK\] positions are "
-                                                               "counted"),
-    "padding-counted": (accuracy_with(lambda labels: labels != 1), "padding positions are "
-                                                                   "counted"),
-    "count": (accuracy_with(share=False), "the accuracy is a count of hits"),
-    "end-excluded": (accuracy_with(lambda labels: labels > 3), "the end-token positions are "
-                                                               "left out"),
-    "not-a-scalar": (lambda labels, logits: ops.cast(ops.argmax(logits, -1), "float32"),
-                     r"return one number \(a scalar\), not shape \(3, 7\)"),
-    "numpy": (lambda labels, logits: mean_over(np.argmax(logits, -1) == np.asarray(labels),
-                                               real(labels)),
-              "the value is right, but masked_acc fails inside a tf.function as in training"),
-}))
-def test_masked_acc_wrong_answers(accuracy, message, capsys):
-    """The loss is right, so exercise 5 passes before exercise 6 fails."""
-    with fails_with(message, EX6):
-        check.masked_loss_and_accuracy(masked_loss, accuracy)
-    passes(capsys, 5)
+def test_attend_with_cache_wrong_answers(replace, message):
+    with fails_with(message, EX4):
+        check.attend_with_cache(edited("attend_with_cache", replace))

@@ -56,6 +56,13 @@ def test_compiled_decoding_writes_the_loop_captions(metrics):
     assert agreement["of"] > 0 and agreement["same"] == agreement["of"]
 
 
+def test_decoding_with_the_key_value_cache_writes_the_same_captions_faster(metrics):
+    cache = metrics["kv_cache"]
+    assert cache["of"] > 0 and cache["same"] == cache["of"]
+    seconds = cache["seconds"]
+    assert cache["speedup"] == seconds["recomputed"] / seconds["cached"]
+
+
 def test_every_sample_photo_is_captioned(metrics):
     assert_every_sample_photo_captioned(metrics)
 
