@@ -45,8 +45,18 @@ def still_running(proc: psutil.Process) -> bool:
     return False
 
 
+@pytest.fixture
+def python_s_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt, as in the runner's own process, whatever handler an
+    earlier test of the session left on SIGINT (in a full `make test` run one does)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sender", ["this thread", "another thread"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.usefixtures("python_s_ctrl_c")
 def test_a_signal_during_the_stop_waits_until_the_tree_is_gone(process_tree, monkeypatch,
                                                                signum, sender):
     process, tree = process_tree
