@@ -32,7 +32,7 @@ help:
 	@echo "make data               generate the offline data slice in data/"
 	@echo "make labs               regenerate solutions/ and labs/ from notebooks/"
 	@echo "make lint               ruff on .py and .ipynb"
-	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=...]"
+	@echo "make nbval              validate parameterised solutions with nbval [PROFILE=...] [DATA_DIR=...]"
 
 # `make install` always points the kernel at this clone: it is what a lesson opened in the
 # wrong kernel tells the student to run. Other targets register it only with a new .venv.
@@ -96,10 +96,11 @@ grade: $(INSTALLED)
 	$(PY) -m captioning_course.grade "$(SUBMISSIONS)" --profile $(PROFILE)
 
 # nbval runs the prepared copies; its kernel starts in their folder, so the runner injects
-# absolute paths for data, outputs and sample images.
+# absolute paths for data, outputs and sample images. DATA_DIR=... points every lesson at a
+# prepared dataset copy, as a GPU runner's COCO.
 nbval: $(INSTALLED)
-	$(PY) -m captioning_course.runner --profile $(PROFILE) --build-dir build/nbval --prepare-only $(NOTEBOOKS)
-	$(PY) -m pytest --nbval-lax -p no:cacheprovider -o addopts="" build/nbval/$(PROFILE)
+	$(PY) -m captioning_course.runner --profile $(PROFILE) --build-dir build/nbval --nbval \
+		$(if $(DATA_DIR),-p DATA_DIR "$(DATA_DIR)") $(NOTEBOOKS)
 
 clean:
 	rm -rf build

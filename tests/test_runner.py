@@ -405,3 +405,19 @@ def test_weights_file_is_made_once_and_its_path_injected(tmp_path):
     run_one(notebook, tmp_path / "build", profile)
     assert path.stat().st_mtime_ns == made  # reused, not written again
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
+
+
+@pytest.mark.slow
+def test_nbval_lets_a_cell_run_past_the_suites_per_test_limit(tmp_path: Path) -> None:
+    # A project like this one, whose pytest settings give each test 2 s: nbval collects every
+    # cell as a test, so that limit would stop the full course's long cells.
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ntimeout = 2\n")
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    write_notebook(folder, "slow_cell", "SECONDS = 4", "import time\ntime.sleep(SECONDS)")
+
+    under_suite_limit = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", str(folder)],
+        capture_output=True, text=True, timeout=120)
+    assert under_suite_limit.returncode != 0, under_suite_limit.stdout[-2000:]
+    assert runner.nbval(folder, limit_s=60) == 0

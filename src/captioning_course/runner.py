@@ -15,7 +15,10 @@ go ahead as asked (unknown parameter, notebook without kernel, output folder tha
 written) stops with one line and exit code 2 before any kernel starts. Ctrl-C stops the
 notebook with its kernel and everything it started, prints the table so far and exits 130.
 
-With --prepare-only, the notebooks are only parameterised (for `make nbval`).
+With --nbval (`make nbval`), the notebooks are only parameterised, then validated by nbval:
+every cell must run without error, each within the notebook's time limit rather than the test
+suite's per-test one, which pyproject sets for the project's own tests and would otherwise stop
+the full course's feature extraction and training cells.
 
 This module is the command line and its table; `execution` runs one notebook and
 `parameters` prepares what it needs.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -129,6 +133,14 @@ def run(notebooks: list[Path], profile: Profile, data_dir: Path, build_dir: Path
     return results
 
 
+def nbval(folder: Path, limit_s: int) -> int:
+    """pytest's exit code for `pytest --nbval-lax` on the notebooks under `folder`, each cell
+    allowed `limit_s` seconds by both pytest-timeout and nbval."""
+    return subprocess.call([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider",
+                            "-o", "addopts=", "-o", f"timeout={limit_s}",
+                            f"--nbval-cell-timeout={limit_s}", str(folder)])
+
+
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Numeric leaves of a nested metrics dict, as (dotted key, value)."""
     found = []
@@ -164,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="TFDS data dir for the offline slice (smoke)")
     parser.add_argument("--build-dir", type=Path, default=Path("build"))
     parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="only write parameterised copies (for nbval)")
+    parser.add_argument("--nbval", action="store_true",
+                        help="write parameterised copies and validate them with nbval")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted(Path("solutions").glob("*.ipynb"))
     if not notebooks:
         parser.error("no notebooks given and none found in solutions/")
     profile = profiles.get(args.profile)
-    if profile.needs_gpu and not args.prepare_only and not gpu_visible():
+    if profile.needs_gpu and not args.nbval and not gpu_visible():
         print(f"warning: TensorFlow sees no GPU here, and the {profile.name} profile needs one: "
               "on this CPU a single epoch takes hours (getting_started measures it). Run "
               "`make install GPU=1` on a GPU machine, or use PROFILE=smoke or rehearsal.",
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with execution.sigterm_as_ctrl_c():
             results = run(notebooks, profile, args.data_dir, args.build_dir,
-                          args.sample_images_dir, prepare_only=args.prepare_only,
+                          args.sample_images_dir, prepare_only=args.nbval,
                           extra_parameters={name: parameter_value(value)
                                             for name, value in args.parameters},
                           timeout_s=args.timeout)
@@ -190,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(summary_table(exc.results if isinstance(exc, Interrupted) else []))
         return 130
+    if args.nbval:
+        return nbval(args.build_dir / profile.name, args.timeout or profile.timeout_s)
     print()
     print(summary_table(results))
     return 0 if all(r.status == "ok" for r in results) else 1
