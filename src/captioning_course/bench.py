@@ -15,6 +15,10 @@
 4. A scale curve: the cached pipeline (extraction, then epochs) on slices of SCALE_IMAGES
    images, each four times the last, with the time per image and the kernel's peak memory of
    each, to show what grows with the dataset.
+5. The feature cache past memory, up to COCO's 16.3 GB on a played n1-standard-4 and
+   persistent disk: the disk, the input pipeline and the training step (`bench_feature_cache`).
+6. The Transformer lesson's decoding with and without its key/value cache at three caption
+   lengths (`bench_kv_cache`).
 
 Prints a table and writes BUILD_DIR/bench.json. A benchmark, not a test: it asserts nothing.
 """
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from captioning_course import data_slice, profiles, runner
+from captioning_course import bench_feature_cache, bench_kv_cache, data_slice, profiles, runner
 from captioning_course.labs import run_definitions
 
 LESSON = Path("solutions/image_captioning.ipynb")
@@ -188,6 +192,7 @@ def scale_curve(build_dir: Path) -> dict[str, Any]:
 
 
 def bench(build_dir: Path) -> dict[str, Any]:
+    bench_feature_cache.require_cgroups()  # before half an hour of other measurements
     cached_metrics, cached_peak = run_lesson(build_dir / "cached", {})
     output_dir = build_dir / "cached" / profiles.SMOKE.name / LESSON.stem
     cache = cached_metrics["feature_cache"]
@@ -208,6 +213,8 @@ def bench(build_dir: Path) -> dict[str, Any]:
         "decode_images": DECODE_IMAGES,
         "full_sizes": full_sizes(build_dir),
         "scale": scale_curve(build_dir),
+        "feature_cache_past_memory": bench_feature_cache.bench(build_dir),
+        "kv_cache": bench_kv_cache.bench(),
     }
 
 

@@ -498,6 +498,12 @@ def _swap_in(partial: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def open_cache(path: str | Path) -> CachedFeatures:
+    """The cache in `path` as it is, whatever its key: for reading a cache one just wrote."""
+    path = Path(path)
+    return _open(path, json.loads((path / MANIFEST).read_text()), extraction_seconds=None)
+
+
 def _open(final: Path, manifest: dict, *, extraction_seconds: float | None) -> CachedFeatures:
     """The dataset reading the cache in `final`, in the order the examples were written."""
     specs = {field: (tf.as_dtype(spec["dtype"]), tf.TensorShape(spec["shape"]))
