@@ -246,6 +246,8 @@ def table(results: dict[str, Any]) -> str:
     lines.append("a straight line through them: " + "; ".join(
         f"{step} {fit[step]['ms_per_image']:.2f} ms per image + {fit[step]['once_s']:.1f} s once"
         for step in ("extraction", "epoch")))
+    lines.append(bench_feature_cache.table(results["feature_cache_past_memory"]))
+    lines.append(bench_kv_cache.table(results["kv_cache"]))
     return "\n".join(lines)
 
 

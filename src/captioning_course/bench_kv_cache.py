@@ -1,12 +1,13 @@
 """`make bench`'s decoding cost against caption length: the Transformer lesson's compiled greedy
 decoding, re-running the prefix at every word and with the key/value cache.
 
-Re-running the prefix makes word t cost t positions, so a caption of T words costs about
-T^2/2 and the time per word grows with T; with the cache each word attends from itself alone,
-so the time per word stays flat. The lesson's own classes and decoding steps are taken from
-its solution, built at its full defaults with untrained weights (the cost of a word does not
-depend on them), and decoded on random features of its encoder's grid with `[END]` banned, so
-that every caption runs to its full length.
+Re-running the prefix makes word t cost t positions, so a caption of T words costs about T^2/2
+and the time per word grows with T; with the cache each word attends from itself alone, so the
+time per word stays nearly flat (its attention still spans the cache's T fixed slots). The
+lesson's own classes and decoding steps are taken from its solution, built at its full defaults
+with untrained weights (the cost of a word does not depend on them), and decoded on random
+features of its encoder's grid with `[END]` banned, so that every caption runs to its full
+length.
 """
 
 from __future__ import annotations
