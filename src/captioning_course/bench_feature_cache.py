@@ -180,7 +180,7 @@ def emulated_machine(device: str, read_bytes_per_s: int | None) -> Iterator[list
     try:
         for controller in CONTROLLERS:
             group = Path(f"/sys/fs/cgroup/{controller}/captioning-course-bench")
-            group.mkdir()
+            group.mkdir(exist_ok=True)  # left by a run that was killed
             groups.append(group)
             for name, value in settings[controller].items():
                 (group / name).write_text(value)
