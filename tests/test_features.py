@@ -94,7 +94,7 @@ def read(cached: features.CachedFeatures) -> list[dict]:
 
 def assert_cache_holds(cached: features.CachedFeatures, model: keras.Model) -> None:
     expected = model.predict_on_batch(np.stack([e["image"] for e in EXAMPLES]))
-    got = read(cached)
+    got = sorted(read(cached), key=lambda example: example["id"])  # EXAMPLES' order
     assert len(got) == cached.examples == len(EXAMPLES)
     for example, original, grid in zip(got, EXAMPLES, expected, strict=True):
         assert set(example) == set(SIGNATURE) - {"image"} | {"features"}
@@ -156,6 +156,22 @@ def test_round_trip_then_reuse(tmp_path, capsys, cnn):
     assert out.count("\n") == 1
     assert_cache_holds(again, cnn)
     assert left_behind(tmp_path) == [NAME]  # no temporary folder
+
+
+def test_the_reader_takes_a_record_of_each_of_several_shards_in_turn(tmp_path, cnn,
+                                                                   monkeypatch):
+    monkeypatch.setattr(features, "PARALLEL_SHARDS", 2)
+    cached = build(tmp_path, Encoder(cnn), key_for(cnn))
+    shard_of = {}
+    for shard in shard_files(cached):
+        for record in tf.data.TFRecordDataset(str(shard)):
+            example = tf.io.parse_single_example(record, {"id": tf.io.FixedLenFeature([], tf.string)})
+            shard_of[int(tf.io.parse_tensor(example["id"], tf.int64))] = shard.name
+    assert len(set(shard_of.values())) > features.PARALLEL_SHARDS  # the cycle must wrap round
+    order = [int(example["id"]) for example in read(cached)]
+    first_round = [shard_of[i] for i in order[:features.PARALLEL_SHARDS]]
+    assert first_round == sorted(set(shard_of.values()))[:features.PARALLEL_SHARDS]
+    assert order == [int(example["id"]) for example in read(cached)]  # the same every epoch
 
 
 def test_a_changed_key_rebuilds_and_names_the_change(tmp_path, capsys, cnn):
