@@ -52,11 +52,25 @@ def test_malformed_markers_are_named(source, message):
         labs.solution_and_lab(notebook(source), "lesson.ipynb")
 
 
-def test_exercises_must_be_numbered_in_order():
-    first = "### BEGIN SOLUTION Exercise 2: b\nb = 2\n### END SOLUTION"
-    second = "### BEGIN SOLUTION Exercise 1: a\na = 1\n### END SOLUTION"
-    with pytest.raises(labs.MarkerError, match=r"numbered \[2, 1\]"):
-        labs.exercises(notebook(first, second))
+def block(title: str) -> str:
+    return f"### BEGIN SOLUTION {title}\nanswer = 1\n### END SOLUTION"
+
+
+@pytest.mark.parametrize("titles, message", [
+    (["Exercise 2: b", "Exercise 1: a"], r"numbered \[2, 1\]"),
+    (["Exercise 1: a", "Exercise 2: b", "Exercise 1: a"], r"numbered \[1, 2, 1\]"),
+    (["Exercise 1: a", "Exercise 1: c"], r"cell 1: 'Exercise 1: c' has the number of "
+                                         r"'Exercise 1: a'"),
+])
+def test_exercises_must_be_numbered_in_order_with_one_title_each(titles, message):
+    with pytest.raises(labs.MarkerError, match=message):
+        labs.exercises(notebook(*map(block, titles)))
+
+
+def test_one_exercise_may_span_blocks_that_follow_each_other():
+    found = labs.exercises(notebook(*map(block, ["Exercise 1: a", "Exercise 1: a",
+                                                 "Exercise 2: b"])))
+    assert [exercise.number for exercise in found] == [1, 1, 2]
 
 
 def test_a_marker_error_writes_nothing(tmp_path):

@@ -99,10 +99,19 @@ def _split(source: str, cell: int, where: str) -> tuple[list[str], list[str], li
 
 
 def _check_numbering(found: list[Exercise], where: str) -> None:
+    """Exercises run 1, 2, 3...; the blocks of one follow each other and share its title."""
     numbers = [ex.number for ex in found]
-    if list(dict.fromkeys(numbers)) != list(range(1, len(set(numbers)) + 1)):
+    runs = [number for index, number in enumerate(numbers)
+            if index == 0 or number != numbers[index - 1]]
+    if runs != list(range(1, len(runs) + 1)):
         raise MarkerError(f"{where}: exercises are numbered {numbers}; number them 1, 2, 3... "
                           "in order (blocks of one exercise share its number)")
+    titles: dict[int, str] = {}
+    for exercise in found:
+        title = titles.setdefault(exercise.number, exercise.title)
+        if exercise.title != title:
+            raise MarkerError(f"{where}, cell {exercise.cell}: {exercise.title!r} has the number "
+                              f"of {title!r}; blocks of one exercise share its title")
 
 
 def exercises(nb: nbformat.NotebookNode, where: str = "notebook") -> list[Exercise]:
