@@ -15,7 +15,8 @@ from captioning_course import data_slice, execution, profiles, runner
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixtures that execute notebooks: a test using one is slow, and `make check` leaves it out.
-EXECUTING_FIXTURES = {"smoke_run", "rehearsal_run", "outer_jupyter", "tiny_grades", "course_grades"}
+EXECUTING_FIXTURES = {"smoke_run", "rehearsal_run", "outer_jupyter", "tiny_grades", "course_grades",
+                      "hostile_grades"}
 TINY_SLICE = data_slice.SliceParams(train=24, val=6, test=6, seed=7)
 
 

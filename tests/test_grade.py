@@ -1,6 +1,6 @@
-"""The grader: which lesson a file is, each exercise's grade, rows for files that cannot be
-graded, refusals, the smoke run's executed solution graded, and a small class of the real
-lesson graded end to end (untouched lab, one wrong answer, a broken file)."""
+"""The grader: each exercise's grade, rows for files that cannot be graded, refusals, the
+smoke run's executed solution graded, and a small class of the real lesson graded end to end
+(untouched lab, one wrong answer, a broken file). The sandbox's class is `test_sandbox`'s."""
 
 from __future__ import annotations
 
@@ -14,123 +14,35 @@ import nbformat
 import psutil
 import pytest
 
-from captioning_course import execution, grade, labs, parameters
-from captioning_course.kernel import KERNELSPEC
-from captioning_course.profiles import Profile
+from captioning_course import execution, grade, labs, parameters, submissions
 from conftest import REPO, one_line_error
+from tiny_class import (
+    INTRO,
+    PLAIN,
+    TINY,
+    index_of,
+    notebook,
+    tiny_solution_and_lab,
+    without,
+    write_tiny_lessons,
+)
 
-PLAIN = Profile(name="plain", description="no overrides", timeout_s=300, data_slice=None,
-                overrides={})
 LIMIT = 20  # seconds for the never-ending file; the others end in a few seconds
 
-# A lesson that needs no TensorFlow: its own `check` with the course's conventions.
-TINY = [
-    ('OUTPUT_DIR = "outputs"\nSCALE = 2', ["parameters"]),
-    ("class SelfCheckFailed(Exception):\n"
-     "    pass\n\n\n"
-     "class check:\n"
-     "    def double(f):\n"
-     "        if f(3) != 6:\n"
-     "            raise SelfCheckFailed(f'Exercise 1 (double): double(3) gave {f(3)}, not 6')\n"
-     "        print('PASS Exercise 1 (double): doubles')\n\n"
-     "    def square(f):\n"
-     "        try:\n"
-     "            f(3)\n"
-     "        except Exception as error:  # as the course's checks report the answer's errors\n"
-     "            raise SelfCheckFailed(f'Exercise 2 (square): square raised '\n"
-     "                                  f'{type(error).__name__}: {error}') from error\n"
-     "        if f(3) != 9:\n"
-     "            raise SelfCheckFailed('Exercise 2 (square): square(3) is not 9')\n"
-     "        print('PASS Exercise 2 (square): squares')\n\n"
-     "    def answer(value):\n"
-     "        if value != 42:\n"
-     "            raise SelfCheckFailed('Exercise 3 (answer): the answer is 42')\n"
-     "        print('PASS Exercise 3 (answer): 42')", []),
-    ("def double(x):\n"
-     "    ### BEGIN SOLUTION Exercise 1: double it\n"
-     "    # TODO: return twice x.\n"
-     "    return 2 * x\n"
-     "    ### END SOLUTION", []),
-    ("check.double(double)", []),
-    ("def square(x):\n"
-     "    ### BEGIN SOLUTION Exercise 2: square it\n"
-     "    return x * x\n"
-     "    ### END SOLUTION", []),
-    ("# Run me after exercise 2.\ncheck.square(\n    square,\n)", []),
-    ("### BEGIN SOLUTION Exercise 3: find the answer\n"
-     "answer = 6 * 7\n"
-     "### END SOLUTION\n"
-     "print(answer)", []),
-    ("check.answer(answer)", []),
-    ("print('the end')", []),
-]
-INTRO = [('OUTPUT_DIR = "outputs"', ["parameters"]), ("import math", []),
-         ("print(math.pi)", []), ("print('no exercises here')", [])]
+
+@pytest.fixture(scope="module")
+def tiny_lessons(tmp_path_factory) -> Path:
+    return write_tiny_lessons(tmp_path_factory.mktemp("lessons"))
 
 
-def notebook(cells: list[tuple[str, list[str]]]) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": dict(KERNELSPEC)})
-    nb.cells = [nbformat.v4.new_code_cell(source, metadata={"tags": tags} if tags else {})
-                for source, tags in cells]
-    return nb
-
-
-def without(nb: nbformat.NotebookNode, source_part: str) -> nbformat.NotebookNode:
-    nb = nbformat.from_dict(nb)
-    [index] = [i for i, c in enumerate(nb.cells) if source_part in c.source]
-    del nb.cells[index]
-    return nb
-
-
-def index_of(nb: nbformat.NotebookNode, source_part: str) -> int:
-    [index] = [i for i, c in enumerate(nb.cells) if source_part in c.source]
-    return index
+@pytest.fixture(scope="module")
+def course_lessons() -> dict[str, submissions.Lesson]:
+    return submissions.load_lessons(REPO / "notebooks")
 
 
 def read_csv(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="") as f:
         return {row["file"]: row for row in csv.DictReader(f)}
-
-
-@pytest.fixture(scope="module")
-def tiny_lessons(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("lessons")
-    nbformat.write(notebook(TINY), folder / "tiny.ipynb")
-    nbformat.write(notebook(INTRO), folder / "intro.ipynb")
-    return folder
-
-
-def tiny_solution_and_lab(lessons: Path):
-    solution, lab, _ = labs.solution_and_lab(nbformat.read(lessons / "tiny.ipynb", as_version=4))
-    return solution, lab
-
-
-# Lessons and identification (no kernel) -------------------------------------------------------
-
-def test_check_calls_ignore_comments_and_strings():
-    assert grade.check_calls("check.a(x)\n# check.b(y)\ns = 'check.c(z)'\ncheck.d(\n  w)") == [
-        "a", "d"]
-    assert grade.check_calls("%matplotlib inline\ncheck.e(1)") == ["e"]
-    assert grade.check_calls("check.f(  # unfinished") == ["f"]  # not Python yet: by pattern
-
-
-def test_a_lesson_gives_its_exercises_and_their_checks(tiny_lessons):
-    lesson = grade.load_lesson(tiny_lessons / "tiny.ipynb")
-    assert [(e.number, e.title, e.check) for e in lesson.exercises] == [
-        (1, "Exercise 1: double it", "double"), (2, "Exercise 2: square it", "square"),
-        (3, "Exercise 3: find the answer", "answer")]
-    assert grade.load_lesson(tiny_lessons / "intro.ipynb").exercises == ()
-
-
-def test_the_main_lesson_gives_every_exercise_a_self_check():
-    source = nbformat.read(REPO / "notebooks" / "image_captioning.ipynb", as_version=4)
-    lesson = grade.load_lesson(REPO / "notebooks" / "image_captioning.ipynb")
-    titles = {block.number: block.title for block in labs.exercises(source)}
-    assert [(e.number, e.title) for e in lesson.exercises] == sorted(titles.items())
-    solution_text = "\n".join(c.source for c in nbformat.read(
-        REPO / "solutions" / "image_captioning.ipynb", as_version=4).cells)
-    for exercise in lesson.exercises:
-        assert f"check.{exercise.check}(" in solution_text
 
 
 TWO_IN_ONE_CELL = [
@@ -166,64 +78,12 @@ def executed_check_cell(printed: str, error: tuple[str, str] | None) -> nbformat
 def test_exercises_in_one_cell_share_its_self_check_and_get_their_own_grades(
         tmp_path, printed, error, grades):
     nbformat.write(notebook(TWO_IN_ONE_CELL), tmp_path / "two.ipynb")
-    lesson = grade.load_lesson(tmp_path / "two.ipynb")
+    lesson = submissions.load_lesson(tmp_path / "two.ipynb")
     assert [(e.number, e.check, e.occurrence) for e in lesson.exercises] == [
         (1, "layer", 0), (2, "layer", 0)]
     executed = notebook(TWO_IN_ONE_CELL)
     executed.cells[2] = executed_check_cell(printed, error)
     assert grade.grade_executed(lesson, executed, "ok", "", {("layer", 0): 2}) == grades
-
-
-def test_an_exercise_without_a_self_check_is_refused(tmp_path):
-    cells = [c for c in TINY if not c[0].startswith("check.answer")]
-    nbformat.write(notebook(cells), tmp_path / "tiny.ipynb")
-    with pytest.raises(grade.GradingError, match="'Exercise 3: find the answer' has no self-check"):
-        grade.load_lesson(tmp_path / "tiny.ipynb")
-
-
-@pytest.fixture(scope="module")
-def course_lessons() -> dict[str, grade.Lesson]:
-    return grade.load_lessons(REPO / "notebooks")
-
-
-@pytest.mark.parametrize("change", ["none", "renamed", "answered", "check deleted",
-                                    "check arguments edited", "cells appended"])
-def test_a_lab_is_recognised_however_the_student_left_it(course_lessons, change):
-    lab = nbformat.read(REPO / "labs" / "image_captioning.ipynb", as_version=4)
-    name = "image_captioning"
-    if change == "renamed":
-        name = "homework3_alice"
-    elif change == "answered":
-        lab = nbformat.read(REPO / "solutions" / "image_captioning.ipynb", as_version=4)
-    elif change == "check deleted":
-        lab = without(lab, "check.tokenizer(")
-    elif change == "check arguments edited":
-        cell = lab.cells[index_of(lab, "check.tokenizer(")]
-        cell.source = "check.tokenizer(my_tokenizer, 10, 5)  # my names"
-    elif change == "cells appended":
-        lab.cells += [nbformat.v4.new_code_cell(f"print({i})") for i in range(10)]
-    lesson, why = grade.identify(lab, course_lessons, name)
-    assert (lesson.name if lesson else None, why) == ("image_captioning", "")
-
-
-def test_another_lesson_and_unknown_notebooks_are_named(course_lessons):
-    other = nbformat.read(REPO / "labs" / "getting_started.ipynb", as_version=4)
-    assert grade.identify(other, course_lessons, "image_captioning")[0].name == "getting_started"
-    stranger = notebook([("import this", []), ("print(1 + 1)", [])])
-    lesson, why = grade.identify(stranger, course_lessons, "image_captioning")
-    assert lesson is None
-    assert re.fullmatch(r"unknown lesson: it shares 0 of the \d+ code cells of the closest "
-                        r"lesson, \w+", why)
-
-
-def test_hidden_folders_and_the_output_folder_hold_no_submissions(tmp_path):
-    for name in ["a.ipynb", "sub/b.ipynb", ".ipynb_checkpoints/a-checkpoint.ipynb",
-                 "sub/.ipynb_checkpoints/b-checkpoint.ipynb", "grades/executed/a.ipynb",
-                 "notes.txt"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("{}")
-    found = grade.find_submissions(tmp_path, tmp_path / "grades")
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.ipynb", "sub/b.ipynb"]
 
 
 # Refusals (no kernel) ------------------------------------------------------------------------
@@ -260,6 +120,27 @@ def test_grader_misuse_is_refused_in_one_line(tmp_path, capsys, no_kernel, tiny_
                        "--lessons", str(lessons), *extra]) == 2
     assert re.search(message, one_line_error(capsys))
     assert not (out / grade.CSV_FILE).exists()
+
+
+def test_a_failure_of_the_grader_itself_is_not_a_student_s_and_exits_non_zero(
+        tmp_path, capsys, no_kernel, tiny_lessons, monkeypatch):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    solution, lab = tiny_solution_and_lab(tiny_lessons)
+    nbformat.write(solution, folder / "a.ipynb")
+    nbformat.write(lab, folder / "b.ipynb")
+
+    def crash_on_a(planned, *args):
+        if planned.row.file == "a.ipynb":
+            raise RuntimeError("a bug in the grader")
+    monkeypatch.setattr(grade, "_run_one", crash_on_a)
+    out = tmp_path / "out"
+    assert grade.main([str(folder), "--profile", "full", "--out", str(out),
+                       "--lessons", str(tiny_lessons), "--data-dir", str(tmp_path / "data")]) == 1
+    assert "the grader itself failed on a.ipynb" in one_line_error(capsys)
+    rows = read_csv(out / grade.CSV_FILE)
+    assert rows["a.ipynb"]["note"] == "grader error: RuntimeError: a bug in the grader"
+    assert rows["b.ipynb"]["note"] == ""  # the others are graded all the same
 
 
 # Grading the tiny lesson: every kind of row ---------------------------------------------------
@@ -376,7 +257,7 @@ def test_the_markdown_table_matches_the_csv(tiny_grades):
 # The real lesson, end to end through the command line ----------------------------------------
 
 def wrong_loss(solution: nbformat.NotebookNode,
-               lesson: grade.Lesson) -> tuple[int, nbformat.NotebookNode]:
+               lesson: submissions.Lesson) -> tuple[int, nbformat.NotebookNode]:
     """The solution with the masked loss replaced by a mean over every token, padding included."""
     [exercise] = [e for e in lesson.exercises if e.check == "masked_loss"]
     source = nbformat.read(REPO / "notebooks" / f"{lesson.name}.ipynb", as_version=4)
@@ -425,8 +306,9 @@ def test_the_executed_solution_passes_every_exercise(smoke_run, course_lessons, 
     lesson = course_lessons[name]
     solution = nbformat.read(REPO / "solutions" / f"{name}.ipynb", as_version=4)
     executed = nbformat.read(smoke_run[name].executed, as_version=4)
-    assert grade.identify(solution, course_lessons, "solution.ipynb") == (lesson, "")
-    grades = grade.grade_executed(lesson, executed, "ok", "", grade.self_check_cells(solution))
+    assert submissions.identify(solution, course_lessons, "solution.ipynb") == (lesson, "")
+    located = submissions.self_check_cells(solution)
+    grades = grade.grade_executed(lesson, executed, "ok", "", located)
     assert grades == {e.number: "pass" for e in lesson.exercises}
 
 

@@ -3,7 +3,7 @@
 The runner and the grader run every notebook through `execute`, with the course kernel and
 a time limit; a timeout or Ctrl-C stops papermill, its kernel and whatever a cell started.
 What went wrong is named as the notebook's author sees it: the cell's index in the source
-notebook and its first line.
+notebook and its first line. Given a `Sandbox`, papermill and its kernel run inside it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import nbformat
 import psutil
 
 from captioning_course.kernel import KERNEL_NAME
+from captioning_course.sandbox import Sandbox
 
 # Tags of the cells papermill adds to an executed copy; the author never sees them.
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
@@ -42,7 +43,8 @@ class Outcome:
 
 def execute(notebook: Path, executed: Path, parameters: dict[str, Any], *, cwd: Path,
             timeout_s: int, env: dict[str, str] | None = None, allow_errors: bool = False,
-            log: Path | None = None, prepare_only: bool = False) -> Outcome:
+            log: Path | None = None, prepare_only: bool = False,
+            sandbox: Sandbox | None = None) -> Outcome:
     """Run `notebook` into `executed` with the course kernel, `parameters` injected.
 
     The kernel works in `cwd`, with `env` added to this environment. With `allow_errors`
@@ -50,17 +52,24 @@ def execute(notebook: Path, executed: Path, parameters: dict[str, Any], *, cwd: 
     papermill's messages go to `log`, else to this terminal with a progress bar. With
     `prepare_only` the parameters are only injected. On a timeout or a Ctrl-C the whole
     process tree is stopped before this returns.
+
+    With a `sandbox`, `env` is the kernel's whole environment beside PATH and the locale, and
+    every path given must be one the sandbox shows.
     """
     with tempfile.TemporaryDirectory() as scratch:
         reason_file = Path(scratch) / "reason"
-        arguments = {"input": str(notebook), "output": str(executed), "cwd": str(cwd),
+        # Absolute: in a sandbox, papermill starts in `cwd`.
+        arguments = {"input": str(notebook.resolve()), "output": str(executed.resolve()),
+                     "cwd": str(cwd.resolve()),
                      "parameters": parameters, "allow_errors": allow_errors,
                      "prepare_only": prepare_only, "progress_bar": log is None and not prepare_only,
                      "reason_file": str(reason_file)}
         command = [sys.executable, "-m", "captioning_course.execution", json.dumps(arguments)]
         with log.open("w") if log is not None else contextlib.nullcontext() as messages:
             try:
-                code = _run_stoppable(command, timeout_s, env, messages)
+                code = _run_stoppable(command, timeout_s, env, messages, cwd,
+                                      None if sandbox is None
+                                      else sandbox.allowing_writes_to(Path(scratch)))
             except KeyboardInterrupt:
                 return Outcome("interrupted")
         reason = reason_file.read_text() if reason_file.is_file() else ""
@@ -75,14 +84,20 @@ def execute(notebook: Path, executed: Path, parameters: dict[str, Any], *, cwd: 
 
 
 def _run_stoppable(command: list[str], timeout_s: int, env: dict[str, str] | None,
-                   messages: IO[str] | None) -> int | None:
+                   messages: IO[str] | None, cwd: Path, sandbox: Sandbox | None) -> int | None:
     """The exit code of `command`, or None when it ran out of time and was stopped."""
     # Keep TensorFlow's C++ start-up chatter out of the executed copies.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1"}
+    if sandbox is None:
+        env, limits = {**os.environ, **quiet, **(env or {})}, None
+    else:
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+               "LANG": "C.UTF-8", **quiet, **(env or {})}
+        command, limits = sandbox.command(command, env, cwd.resolve()), sandbox.set_limits
     output = {} if messages is None else {"stdout": messages, "stderr": subprocess.STDOUT}
     # In a session of its own, papermill does not see a Ctrl-C meant for the caller.
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                               start_new_session=True, **output)
+                               start_new_session=True, preexec_fn=limits, **output)
     try:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -2,7 +2,7 @@
 
     python -m captioning_course.grade FOLDER [--profile smoke|rehearsal|full] [--out DIR]
                                       [-p NAME VALUE ...] [--timeout SECONDS] [--lessons DIR]
-                                      [--data-dir DIR] [--sample-images-dir DIR]
+                                      [--data-dir DIR] [--sample-images-dir DIR] [--no-sandbox]
 
 Every `*.ipynb` under FOLDER (subfolders included; hidden folders such as
 `.ipynb_checkpoints` and the output folder skipped) is one student's file, named in the table
@@ -20,7 +20,12 @@ by its path relative to FOLDER. For each file the grader:
    prepared, a separate papermill process per file with the profile's time limit (or
    `--timeout`), killed with its kernel and everything it started when over it. Unlike the
    runner, a cell that raises does not stop the run, so every self-check is tried. The
-   kernel works in the file's output folder, never in FOLDER: students' files are only read;
+   kernel works in the file's output folder, never in FOLDER: students' files are only read.
+   papermill and the kernel run in a sandbox (`sandbox`): the system, the course and the
+   data read-only, the file's output folder its only writable one, the instructor's home,
+   FOLDER and OUT hidden, no network, no environment but the lesson's, and limits on
+   memory, processes and open files. A row's note says when the sandbox refused or
+   stopped something. `--no-sandbox` runs them with the instructor's rights instead;
 3. reads each exercise's self-check cell in the executed copy (the cell that calls the
    check the lesson calls after that exercise) and writes one of:
    - `pass`: the cell ran without error and the check printed its PASS line;
@@ -34,7 +39,8 @@ by its path relative to FOLDER. For each file the grader:
    - `timeout`: the time limit stopped the run before the check cell ran.
 
 Files that cannot be graded get a row saying why: not a notebook, a lesson that cannot be
-recognised, a lesson without exercises, a copy papermill cannot run.
+recognised, a lesson without exercises, a copy papermill cannot run. Which lesson a file is,
+and what its exercises are, is read by `submissions`.
 
 OUT (default `build/grades/`) receives `grades.csv` and `grades.md`, one row per file with
 one column per exercise, the number passed, the wall time and a note; `executed/` keeps
@@ -42,20 +48,23 @@ each file's executed copy under its relative path, and `outputs/` each run's OUT
 papermill's messages (`papermill.log`). The markdown table is printed at the end with the
 total wall time.
 
-Exit code 0 when every file has its row, whatever the students' results; 2 with one line
-when grading cannot start (no such folder, no notebook in it, unusable lessons, parameters
-or output folder); 130 on Ctrl-C or SIGTERM, after writing the rows graded so far.
+Exit code 0 when every file has its row, whatever the students' results; 1 when the grader
+itself failed on a file (its row says "grader error"); 2 with one line when grading cannot
+start (no such folder, no notebook in it, unusable lessons, parameters or output folder, no
+sandbox); 130 on Ctrl-C or SIGTERM, after writing the rows graded so far.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import dataclasses
 import io
 import json
+import os
+import pwd
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -64,38 +73,28 @@ from typing import Any
 
 import nbformat
 
-from captioning_course import execution, labs, parameters, profiles
+import captioning_course
+from captioning_course import execution, parameters, profiles
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
+from captioning_course.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
+from captioning_course.submissions import (
+    GradingError,
+    Lesson,
+    find_submissions,
+    identify,
+    load_lessons,
+    self_check_cells,
+)
 
-# A cell must be recognised in at least this share of a lesson's cells for a file to count
-# as a lab of that lesson.
-MIN_SHARE = 0.5
-CHECK_CALL = re.compile(r"\bcheck\.(\w+)\s*\(")
 # How a self-check names its exercise at the start of its message: "Exercise 4 (masked_loss): "
 CHECK_PREFIX = re.compile(r"^Exercise \d+(?: \([^)]*\))?: ")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
 CSV_FILE, MARKDOWN_FILE = "grades.csv", "grades.md"
-
-
-class GradingError(Exception):
-    """Grading cannot start as asked; found before any kernel starts."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GradedExercise:
-    number: int
-    title: str  # "Exercise N: what to do", from the lesson's solution markers
-    check: str  # the check function its self-check cell calls first, e.g. "tokenizer"
-    occurrence: int  # 0 unless an earlier self-check cell of the lesson calls the same check
-
-
-@dataclasses.dataclass(frozen=True)
-class Lesson:
-    name: str  # the stem of its notebook in the lessons folder
-    lab: nbformat.NotebookNode
-    exercises: tuple[GradedExercise, ...]
-    fingerprints: frozenset[str]  # its recognisable code cells
+# In each file's output folder: the copy that runs, its executed copy until the run ends, its
+# kernel's start-up files and, in the sandbox, its feature cache.
+RUN_FOLDER = ".grading"
+SANDBOX_LIMITS = Limits()  # the course's largest lesson peaks near 3 GB
 
 
 @dataclasses.dataclass
@@ -106,120 +105,13 @@ class Row:
     exercises: int = 0  # how many the lesson has; 0 when the file was not graded
     seconds: float = 0.0
     note: str = ""
+    grader_error: bool = False  # the grader itself failed on this file
 
     @property
     def passed(self) -> str:
         if not self.exercises:
             return ""
         return f"{sum(grade == 'pass' for grade in self.grades.values())}/{self.exercises}"
-
-
-# Reading cells --------------------------------------------------------------------------------
-
-def check_calls(source: str) -> list[str]:
-    """The `check.NAME(...)` calls of a code cell, in order; comments and strings ignored."""
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-
-        tree = ast.parse(TransformerManager().transform_cell(source))
-    except (SyntaxError, ValueError, ImportError):  # a cell that is not valid Python yet
-        code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
-        return CHECK_CALL.findall(code)
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-             and node.func.value.id == "check"]
-    return [call.func.attr for call in sorted(calls, key=lambda c: (c.lineno, c.col_offset))]
-
-
-def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
-    """(index, source) of every code cell, papermill's own cells left out."""
-    return [(index, cell.get("source", "")) for index, cell in enumerate(nb.cells)
-            if cell.get("cell_type") == "code" and not execution.added_by_papermill(cell)]
-
-
-def _fingerprint(source: str) -> str | None:
-    """What identifies a code cell: its self-check call, or its lines without edge blanks."""
-    calls = check_calls(source)
-    if calls:
-        return f"check.{calls[0]}(...)"
-    text = "\n".join(line.strip() for line in source.strip().splitlines())
-    return text or None
-
-
-def self_check_cells(nb: nbformat.NotebookNode) -> dict[tuple[str, int], int]:
-    """Cell index of every self-check cell, by (check it calls first, occurrence)."""
-    found: dict[tuple[str, int], int] = {}
-    seen: dict[str, int] = {}
-    for index, source in _code_cells(nb):
-        calls = check_calls(source)
-        if calls:
-            occurrence = seen.get(calls[0], 0)
-            seen[calls[0]] = occurrence + 1
-            found[(calls[0], occurrence)] = index
-    return found
-
-
-# Lessons --------------------------------------------------------------------------------------
-
-def load_lesson(path: Path) -> Lesson:
-    """A lesson from its authored notebook: its lab, exercises and self-check cells."""
-    try:
-        source = nbformat.read(path, as_version=4)
-        _, lab, blocks = labs.solution_and_lab(source, str(path))
-    except labs.MarkerError as exc:
-        raise GradingError(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise GradingError(f"cannot read lesson {path} ({exc})") from None
-    cells: dict[int, list[int]] = {}
-    titles: dict[int, str] = {}
-    for block in blocks:
-        cells.setdefault(block.number, []).append(block.cell)
-        titles.setdefault(block.number, block.title)
-    code = _code_cells(lab)
-    exercises = []
-    numbers = sorted(cells)
-    for number in numbers:
-        # Its self-check is the first cell calling a check from its last block's cell on,
-        # before a later exercise's cell. Exercises in one cell (two parts of one layer)
-        # share the self-check that follows it.
-        later = [i for n in numbers if n > number for i in cells[n] if i > max(cells[number])]
-        end = min(later, default=len(lab.cells))
-        calls = [check_calls(src) for index, src in code if max(cells[number]) <= index < end]
-        name = next((found[0] for found in calls if found), None)
-        if name is None:
-            raise GradingError(f"{path}: {titles[number]!r} has no self-check cell (one calling "
-                               "check.NAME(...)) after it, so it cannot be graded")
-        occurrence = sum(check_calls(src)[:1] == [name] for index, src in code
-                         if index < max(cells[number]))
-        exercises.append(GradedExercise(number, titles[number], name, occurrence))
-    exercise_cells = {index for indices in cells.values() for index in indices}
-    fingerprints = frozenset(filter(None, (_fingerprint(src) for index, src in code
-                                           if index not in exercise_cells)))
-    return Lesson(path.stem, lab, tuple(exercises), fingerprints)
-
-
-def load_lessons(folder: Path) -> dict[str, Lesson]:
-    paths = sorted(folder.glob("*.ipynb")) if folder.is_dir() else []
-    if not paths:
-        raise GradingError(f"no lesson notebooks in {folder}")
-    return {path.stem: load_lesson(path) for path in paths}
-
-
-def identify(nb: nbformat.NotebookNode, lessons: dict[str, Lesson],
-             name: str = "") -> tuple[Lesson | None, str]:
-    """The lesson `nb` is a lab of, or None and why not. `name` (the file's) breaks ties."""
-    prints = {fp for fp in (_fingerprint(src) for _, src in _code_cells(nb)) if fp}
-    shared = {lesson.name: len(lesson.fingerprints & prints) for lesson in lessons.values()}
-
-    def rank(lesson: Lesson) -> tuple:
-        share = shared[lesson.name] / max(len(lesson.fingerprints), 1)
-        return share, lesson.name in name, shared[lesson.name], lesson.name
-
-    best = max(lessons.values(), key=rank)
-    if rank(best)[0] < MIN_SHARE:
-        return None, (f"unknown lesson: it shares {shared[best.name]} of the "
-                      f"{len(best.fingerprints)} code cells of the closest lesson, {best.name}")
-    return best, ""
 
 
 # Running --------------------------------------------------------------------------------------
@@ -343,20 +235,6 @@ class _Planned:
     nb: nbformat.NotebookNode | None = None
 
 
-def find_submissions(folder: Path, out: Path) -> list[Path]:
-    """Every notebook under `folder`, hidden folders and the output folder left out."""
-    out = out.resolve()
-    found = []
-    for path in sorted(folder.rglob("*.ipynb")):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts[:-1]):
-            continue
-        if path.resolve().is_relative_to(out) or not path.is_file():
-            continue
-        found.append(path)
-    return found
-
-
 def _plan(path: Path, folder: Path, lessons: dict[str, Lesson]) -> _Planned:
     row = Row(path.relative_to(folder).as_posix())
     try:
@@ -395,44 +273,82 @@ def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: 
                 raise GradingError(str(exc).replace(str(lab), f"lesson {lesson.name}")) from None
 
 
+def course_sandbox(folder: Path, out: Path, data_dir: Path, sample_images_dir: Path,
+                   extra_parameters: dict[str, Any], limits: Limits) -> tuple[Sandbox, dict]:
+    """The sandbox every file of the class runs in, and what its kernels' environment adds.
+
+    It shows the Python, the course and the data (the instructor's TFDS and Keras folders
+    included, for the full course's COCO and ImageNet weights), and hides the instructor's
+    home, the class and the grades. Each run adds its own output folder as writable.
+    """
+    homes = {Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
+    readable = {Path(sys.base_prefix), Path(sys.prefix),
+                Path(captioning_course.__file__).parent.parent, data_dir, sample_images_dir}
+    env = {}
+    for variable, folder_in_home in (("TFDS_DATA_DIR", "tensorflow_datasets"),
+                                     ("KERAS_HOME", ".keras")):
+        shared = Path.home() / folder_in_home
+        if shared.is_dir():
+            readable.add(shared)
+            env[variable] = str(shared.resolve())
+    for value in extra_parameters.values():  # `-p DATA_DIR /mnt/coco`, say
+        path = Path(str(value).removeprefix("file://"))
+        if path.is_absolute() and path.exists():
+            readable.add(path)
+    resolved = {path.resolve() for path in readable if path.exists()}
+    hidden = {path.resolve() for path in (*homes, folder, out)}
+    return Sandbox(writable=(), readable=tuple(sorted(resolved)), hidden=tuple(sorted(hidden)),
+                   limits=limits), env
+
+
 def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
-             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int) -> None:
+             sample_images_dir: Path, extra_parameters: dict[str, Any], limit: int,
+             sandbox: tuple[Sandbox, dict] | None) -> None:
     row, lesson = planned.row, planned.lesson
     relative = Path(row.file)
     executed_path = out / "executed" / relative
     output_dir = out / "outputs" / relative.with_suffix("")
+    work = output_dir / RUN_FOLDER
+    path = work / f"{lesson.name}.ipynb"  # the runner finds a lesson's overrides by file name
     executed_path.unlink(missing_ok=True)  # an earlier run's copy must not be read as this one's
     copy = _clean_copy(planned.nb)
     located = self_check_cells(copy)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory() as scratch:
-        path = _write_temporary(copy, Path(scratch), lesson.name)
-        try:
-            parameters.prepare_folder(output_dir)
-            parameters.prepare_folder(executed_path.parent)
-            # Students share one feature cache: the CNN runs once per image, not per student.
-            values = parameters.notebook_parameters(path, profile, data_dir, output_dir,
-                                                    sample_images_dir, extra_parameters,
-                                                    feature_cache_dir=out / "feature_cache")
-        except parameters.SetupError as exc:
-            row.note = f"cannot run: {str(exc).replace(str(path), row.file)}"
-            row.exercises, row.grades = 0, {}
-            return
-        outcome = execution.execute(path, executed_path, values, cwd=output_dir,
-                                    timeout_s=limit, allow_errors=True,
-                                    env=parameters.kernel_environment(profile, lesson.name, out),
-                                    log=output_dir / "papermill.log")
+    try:
+        # Emptied first: what a student's code left there last time is not this run's, and
+        # could be a link the grader would follow.
+        shutil.rmtree(output_dir, ignore_errors=True)
+        parameters.prepare_folder(work)
+        parameters.prepare_folder(executed_path.parent)
+        nbformat.write(copy, path)
+        # Outside a sandbox students share one feature cache: the CNN runs once per image.
+        # Inside, a cache that one student's code can write would be what the next one reads.
+        cache = out / "feature_cache" if sandbox is None else work / "feature_cache"
+        values = parameters.notebook_parameters(path, profile, data_dir, output_dir,
+                                                sample_images_dir, extra_parameters,
+                                                feature_cache_dir=cache)
+    except parameters.SetupError as exc:
+        row.note = f"cannot run: {str(exc).replace(str(path), row.file)}"
+        row.exercises, row.grades = 0, {}
+        return
+    env = parameters.kernel_environment(profile, lesson.name, work)
+    jail = None
+    if sandbox is not None:
+        jail, shared_data = sandbox[0].allowing_writes_to(output_dir.resolve()), sandbox[1]
+        env = {**env, **shared_data}
+    outcome = execution.execute(path, work / "executed.ipynb", values, cwd=output_dir,
+                                timeout_s=limit, allow_errors=True, env=env,
+                                log=output_dir / "papermill.log", sandbox=jail)
     if outcome.status == "interrupted":  # its processes are gone; the grading stops
         raise KeyboardInterrupt
     row.seconds = time.monotonic() - start
-    try:
-        executed = nbformat.read(executed_path, as_version=4)
-    except (OSError, ValueError):
-        executed = None
+    executed = _take_executed_copy(work / "executed.ipynb", executed_path)
     row.grades = grade_executed(lesson, executed, outcome.status, outcome.reason, located)
     missing = [f"check.{e.check}(...)" for e in lesson.exercises
                if row.grades[e.number] == "missing"]
     notes = [f"no cell calls {', '.join(missing)}"] if missing else []
+    if jail is not None:
+        notes += _refused(jail, executed, outcome.reason)
     running = execution.running_cell(copy, executed) if executed is not None else None
     where = f" in {running}" if running else ""
     if outcome.status == "timeout":
@@ -444,17 +360,51 @@ def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
     row.note = "; ".join(notes)
 
 
+def _take_executed_copy(written: Path, kept: Path) -> nbformat.NotebookNode | None:
+    """The executed copy, moved to where the grades keep it; None if there is no such file.
+
+    A link is not followed: the student's code, which could write there, may have put one
+    in its place, to another file the grader can read.
+    """
+    if written.is_symlink() or not written.is_file():
+        return None
+    os.replace(written, kept)
+    try:
+        return nbformat.read(kept, as_version=4)
+    except (OSError, ValueError):
+        return None
+
+
+def _refused(jail: Sandbox, executed: nbformat.NotebookNode | None, reason: str) -> list[str]:
+    """What the sandbox refused or stopped, from the errors the run left, each said once."""
+    errors = [(error.get("ename", ""), error.get("evalue", ""))
+              for cell in (executed.cells if executed is not None else [])
+              for error in _errors(cell)]
+    if reason:
+        errors.append(tuple(reason.split(": ", 1)) if ": " in reason else ("", reason))
+    found = (jail.refusal(ename, evalue) for ename, evalue in errors)
+    return list(dict.fromkeys(note for note in found if note))
+
+
 def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir: Path,
           sample_images_dir: Path, extra_parameters: dict[str, Any] | None = None,
-          timeout_s: int | None = None, progress: bool = True) -> list[Row]:
+          timeout_s: int | None = None, progress: bool = True,
+          limits: Limits | None = SANDBOX_LIMITS) -> list[Row]:
     """Grade every notebook under `folder`; write OUT/grades.csv and OUT/grades.md.
 
+    Each file runs in a sandbox with `limits`; with None, with the caller's own rights.
     Raises GradingError before any kernel starts if grading cannot go ahead. On Ctrl-C the
     rows graded so far are written and the KeyboardInterrupt goes on.
     """
     extra_parameters = extra_parameters or {}
     if not folder.is_dir():
         raise GradingError(f"no such folder: {folder}")
+    out = out.resolve()  # the sandboxed processes start in another folder
+    if limits is not None:
+        try:
+            check_available()
+        except SandboxUnavailable as exc:
+            raise GradingError(str(exc)) from None
     submissions = find_submissions(folder, out)
     if not submissions:
         raise GradingError(f"no notebooks (*.ipynb) in {folder}")
@@ -467,6 +417,8 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                              extra_parameters)
     if to_run:
         parameters.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
+    sandbox = None if limits is None else course_sandbox(
+        folder, out, data_dir, sample_images_dir, extra_parameters, limits)
     limit = profile.timeout_s if timeout_s is None else timeout_s
     rows = [plan.row for plan in plans]
     graded = 0
@@ -477,10 +429,11 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                       f"{profile.name})", flush=True)
             try:
                 _run_one(plan, profile, data_dir, out, sample_images_dir, extra_parameters,
-                         limit)
-            except Exception as exc:  # one file's trouble never stops the others
+                         limit, sandbox)
+            except Exception as exc:  # the others are still graded; the exit code tells
                 plan.row.grades, plan.row.exercises = {}, 0
-                plan.row.note = f"cannot grade: {type(exc).__name__}: {_first_line(exc)}"
+                plan.row.note = f"grader error: {type(exc).__name__}: {_first_line(exc)}"
+                plan.row.grader_error = True
             graded += 1
             if progress:
                 print(f"    {plan.row.passed or '-'} passed, {plan.row.seconds:.0f} s"
@@ -552,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the authored lessons the labs come from")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run the students' code with your own rights, unconfined")
     args = parser.parse_args(argv)
     profile = profiles.get(args.profile)
     extra = {name: parameters.parameter_value(value) for name, value in args.parameters}
@@ -562,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with execution.sigterm_as_ctrl_c():
             rows = grade(args.folder, profile, args.out, args.lessons, args.data_dir,
-                         args.sample_images_dir, extra, args.timeout)
+                         args.sample_images_dir, extra, args.timeout,
+                         limits=None if args.no_sandbox else SANDBOX_LIMITS)
     except (GradingError, parameters.SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -573,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     print((args.out / MARKDOWN_FILE).read_text(), end="")
     print(f"\n{len(rows)} files graded in {time.monotonic() - start:.0f} s; "
           f"{args.out / CSV_FILE}, executed copies in {args.out / 'executed'}")
+    failed = [row.file for row in rows if row.grader_error]
+    if failed:
+        print(f"error: the grader itself failed on {', '.join(failed)}: its rows say how",
+              file=sys.stderr)
+        return 1
     return 0
 
 
