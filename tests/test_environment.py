@@ -114,3 +114,12 @@ def test_make_install_names_the_python_to_install_when_none_fits(tmp_path):
                          executable=shutil.which("make"))
     assert out.returncode != 0
     assert "make install needs Python 3.10 to 3.13" in out.stdout + out.stderr
+
+
+def test_the_linter_writes_code_for_the_oldest_python_the_course_supports():
+    """ruff's upgrade rules rewrite code for its target: a newer one would break Python 3.10."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    oldest = re.search(r">=\s*3\.(\d+)", project["project"]["requires-python"])[1]
+    assert project["tool"]["ruff"]["target-version"] == f"py3{oldest}"
