@@ -482,6 +482,30 @@ def test_decode_wrong_loops(lesson, replace, message):
         check.decode(namespace["decode"])
 
 
+def test_decode_fails_a_loop_whose_sampling_path_crashes(lesson):
+    namespace = dict(lesson)
+    sampling_crashes = "choose_next(logits[:, -1, :], banned, top_k, temperature) if top_k == 1 " \
+                       "else undefined_sampler(logits)"
+    exec(solution_cell("def decode(", (CHOOSE, sampling_crashes)), namespace)  # noqa: S102
+    with fails_with(r"decode\(\.\.\., top_k=3, temperature=0.5\) raised NameError: name "
+                    "'undefined_sampler' is not defined"):
+        check.decode(namespace["decode"])
+
+
+def test_decode_accepts_choose_next_called_with_keywords_and_leaves_the_notebook_alone(lesson,
+                                                                                      capsys):
+    namespace = dict(lesson)
+    # What the notebook's own choose_next is while decode runs, seen from inside decode.
+    seen_in_notebook = []
+    namespace.update(NOTEBOOK=namespace, SEEN=seen_in_notebook)
+    keywords = ("(SEEN.append(NOTEBOOK['choose_next']), choose_next(logits[:, -1, :], banned, "
+                "temperature=temperature, top_k=top_k))[1]")
+    exec(solution_cell("def decode(", (CHOOSE, keywords)), namespace)  # noqa: S102
+    check.decode(namespace["decode"])
+    assert capsys.readouterr().out.startswith("PASS Exercise 5")
+    assert seen_in_notebook and all(f is lesson["choose_next"] for f in seen_in_notebook)
+
+
 def integer_targets_only(targets, logits):
     per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
     return masked_average(per_token, real_tokens(targets))

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Callable
 
 import keras
@@ -373,29 +375,36 @@ class ScriptedStepModel:
 SAMPLE_TOP_K, SAMPLE_T = 3, 0.5
 
 
-def _sampling_settings(decode_fn: Callable, features: np.ndarray) -> set[tuple]:
-    """The (top_k, temperature) that choose_next receives when decode is asked to sample.
+def _sampling_settings(decode_fn: Callable, features: np.ndarray, exercise: str) -> set | None:
+    """The (top_k, temperature) that choose_next receives when decode is asked to sample;
+    None when decode finds no choose_next of the notebook's to watch.
 
-    choose_next is looked up in the module that defines decode (the notebook), and wrapped
-    only for this call."""
-    module = getattr(decode_fn, "__globals__", {})
-    choose_next = module.get("choose_next")
-    if not callable(choose_next):
-        return set()
+    decode runs as a copy of itself whose globals see a recording choose_next: the
+    notebook's own globals are left alone."""
+    module = getattr(decode_fn, "__globals__", None)
+    choose_next = module.get("choose_next") if module is not None else None
+    if not callable(choose_next) or not hasattr(decode_fn, "__code__"):
+        return None
+    parameters = inspect.signature(choose_next)
     seen = set()
 
-    def recording(logits, banned, top_k, temperature):
-        seen.add((top_k, temperature))
-        return choose_next(logits, banned, top_k, temperature)
+    def recording(*args, **kwargs):
+        given = parameters.bind(*args, **kwargs)
+        given.apply_defaults()
+        seen.add((given.arguments.get("top_k"), given.arguments.get("temperature")))
+        return choose_next(*args, **kwargs)
 
-    module["choose_next"] = recording
+    watched = types.FunctionType(decode_fn.__code__, {**module, "choose_next": recording},
+                                 decode_fn.__name__, decode_fn.__defaults__,
+                                 decode_fn.__closure__)
+    watched.__kwdefaults__ = decode_fn.__kwdefaults__
     try:
-        decode_fn(features, ScriptedStepModel(), CHECK_VOCABULARY, top_k=SAMPLE_TOP_K,
-                  temperature=SAMPLE_T)
-    except Exception:  # noqa: BLE001, S110 (the greedy run above already judged the loop)
-        pass
-    finally:
-        module["choose_next"] = choose_next
+        watched(features, ScriptedStepModel(), CHECK_VOCABULARY, top_k=SAMPLE_TOP_K,
+                temperature=SAMPLE_T)
+    except Exception as error:  # noqa: BLE001 (any mistake in the answer)
+        fail(exercise, f"decode(..., top_k={SAMPLE_TOP_K}, temperature={SAMPLE_T}) raised "
+                       f"{one_line(error)}; greedy decoding works, so look at what differs "
+                       "when top_k > 1", error)
     return seen
 
 
@@ -448,8 +457,9 @@ def decode(decode_fn: Callable) -> None:
                        "only to captions not yet done")
     if [len(a) for a in attention] != [len(s) for s in SCRIPTS]:
         fail(exercise, "keep one attention map per generated word")
-    if _sampling_settings(decode_fn, features) not in (set(), {(SAMPLE_TOP_K, SAMPLE_T)}):
-        fail(exercise, "decode(..., top_k=3, temperature=0.5) does not hand top_k and "
-                       "temperature on to choose_next, so sampling never happens")
+    sampled = _sampling_settings(decode_fn, features, exercise)
+    if sampled is not None and sampled != {(SAMPLE_TOP_K, SAMPLE_T)}:
+        fail(exercise, f"decode(..., top_k={SAMPLE_TOP_K}, temperature={SAMPLE_T}) does not "
+                       "hand top_k and temperature on to choose_next, so sampling never happens")
     print_pass(exercise, "state carried, words chosen with choose_next and fed back, "
                          "stops at <end>")
