@@ -12,7 +12,7 @@ from keras import layers, ops
 from test_check_core import fails_with, passes
 
 from captioning_course import check, labs
-from captioning_course.check import image_captioning_custom_loop as lesson_checks
+from captioning_course.check.image_captioning_custom_loop import decoder as decoder_checks
 from captioning_course.training import masked_loss
 from conftest import REPO, edited_definitions, notebook_definitions
 
@@ -363,7 +363,7 @@ def test_teacher_forcing_check_works_with_the_real_decoder():
     eagerly on NumPy captions and in a tf.function on a tensor."""
     namespace = lesson_2()
     decoder = namespace["RNNDecoder"](6, 8, 11)
-    captions = lesson_checks.TEACHER_CAPTIONS
+    captions = decoder_checks.TEACHER_CAPTIONS
     features = np.random.default_rng(0).uniform(0, 1, (2, 5, 6)).astype("float32")
     eager = namespace["teacher_forcing"](decoder, features, captions)
     graph = tf.function(namespace["teacher_forcing"])(decoder, features, tf.constant(captions))

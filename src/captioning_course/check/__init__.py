@@ -7,7 +7,8 @@ An exception raised inside the student's code becomes such a line too, naming th
 Checks take seconds on a CPU, need no dataset, and use public Keras APIs only.
 
 The lessons call `check.NAME(...)`; each lesson's checks live in the module named after its
-notebook, and what they share in `core`.
+notebook (a package of one module per group of exercises, where they are many), and what they
+share in `core`.
 """
 
 from captioning_course.check.core import SelfCheckFailed
