@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from captioning_course import bench_feature_cache
-from captioning_course.features import open_cache
+from captioning_course.feature_shards import open_cache
 from conftest import REPO
 
 

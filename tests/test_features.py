@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioning_course import features
+from captioning_course import feature_shards, features
 from captioning_course.features import cached_features, model_fingerprint
 
 NAME = "tiny_train"
@@ -122,7 +122,7 @@ def shard_files(cached: features.CachedFeatures) -> list:
 @pytest.fixture(autouse=True)
 def small_shards(monkeypatch):
     # A few records per shard, so that every test crosses shard boundaries.
-    monkeypatch.setattr(features, "SHARD_BYTES", 1000)
+    monkeypatch.setattr(feature_shards, "SHARD_BYTES", 1000)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_round_trip_then_reuse(tmp_path, capsys, cnn):
 
 def test_the_reader_takes_a_record_of_each_of_several_shards_in_turn(tmp_path, cnn,
                                                                    monkeypatch):
-    monkeypatch.setattr(features, "PARALLEL_SHARDS", 2)
+    monkeypatch.setattr(feature_shards, "PARALLEL_SHARDS", 2)
     cached = build(tmp_path, Encoder(cnn), key_for(cnn))
     shard_of = {}
     id_only = {"id": tf.io.FixedLenFeature([], tf.string)}
@@ -168,10 +168,10 @@ def test_the_reader_takes_a_record_of_each_of_several_shards_in_turn(tmp_path, c
         for record in tf.data.TFRecordDataset(str(shard)):
             example = tf.io.parse_single_example(record, id_only)
             shard_of[int(tf.io.parse_tensor(example["id"], tf.int64))] = shard.name
-    assert len(set(shard_of.values())) > features.PARALLEL_SHARDS  # the cycle must wrap round
+    assert len(set(shard_of.values())) > feature_shards.PARALLEL_SHARDS  # the cycle must wrap round
     order = [int(example["id"]) for example in read(cached)]
-    first_round = [shard_of[i] for i in order[:features.PARALLEL_SHARDS]]
-    assert first_round == sorted(set(shard_of.values()))[:features.PARALLEL_SHARDS]
+    first_round = [shard_of[i] for i in order[:feature_shards.PARALLEL_SHARDS]]
+    assert first_round == sorted(set(shard_of.values()))[:feature_shards.PARALLEL_SHARDS]
     assert order == [int(example["id"]) for example in read(cached)]  # the same every epoch
 
 
@@ -468,7 +468,7 @@ def test_cnn_features_keys_a_long_setting_by_its_digest(tmp_path, cnn):
                                      settings={"split": "train", "captions": listed})
 
     cached = extract(captions)
-    key = json.loads((cached.path / features.MANIFEST).read_text())["key"]
+    key = json.loads((cached.path / feature_shards.MANIFEST).read_text())["key"]
     assert key["captions"].startswith("sha256:") and key["split"] == "train"
     assert key["cnn"] == model_fingerprint(cnn)
     assert extract(captions).extraction_seconds is None

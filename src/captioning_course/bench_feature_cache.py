@@ -137,7 +137,7 @@ def epoch_seconds(batches) -> dict[str, float]:
 
 def measure(cache: Path, with_epoch: bool) -> dict[str, Any]:
     """Every rate of one cache, in this process; run it inside the cgroup."""
-    from captioning_course.features import open_cache
+    from captioning_course.feature_shards import open_cache
 
     cached = open_cache(cache)
     drop_page_cache()

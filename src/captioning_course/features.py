@@ -16,17 +16,12 @@ turns under a file lock, FOLDER/.NAME.lock, which works across the machines shar
 folder: a second one waits for the first and then reuses its features, and what an
 interrupted one left behind is removed by the next.
 
-Layout of a cache folder:
-
-    FOLDER/NAME/cache.json              the key, the field specs, the shards and their sizes
-    FOLDER/NAME/shard-00000.tfrecord    one tf.train.Example per image, each field a
-    FOLDER/NAME/shard-00001.tfrecord    tf.io.serialize_tensor of its value
-    FOLDER/.NAME.lock                   locked while an extraction of NAME runs; it stays
+Beside the cache, FOLDER/NAME (laid out as `feature_shards` says), FOLDER/.NAME.lock is
+locked while an extraction of NAME runs; it stays.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -41,33 +36,25 @@ from typing import TYPE_CHECKING, Any
 import filelock
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
+
+from captioning_course.feature_shards import (
+    FORMAT,
+    MANIFEST,
+    SHARD_NAME,
+    CachedFeatures,
+    input_fields,
+    open_dataset,
+    write_manifest,
+    write_shards,
+)
 
 if TYPE_CHECKING:
     import keras
 
-MANIFEST = "cache.json"
-FORMAT = 1  # bumped when the layout changes, so that an older cache is recomputed, not misread
-SHARD_BYTES = 256 * 10**6  # big enough for fast sequential reads, small enough to copy around
-PARALLEL_SHARDS = 4
-_SHARD_NAME = re.compile(r"shard-\d{5}\.tfrecord")
 # A key value longer than this (a fingerprint, a long list) is named, not shown, in messages.
 _SHOWN_VALUE_CHARS = 24
 # A cnn_features setting longer than this as JSON is keyed by its digest.
 _COMPACT_CHARS = 200
-
-
-@dataclasses.dataclass(frozen=True)
-class CachedFeatures:
-    """A feature cache on disk and the dataset that reads it."""
-
-    # One dict per example: "features" (float16, the encoder's output shape for one image) and
-    # every other field of the input examples, with its dtype and rank.
-    dataset: tf.data.Dataset
-    path: Path  # the cache folder
-    examples: int
-    size_bytes: int  # on disk
-    extraction_seconds: float | None  # None when the cache was reused
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -119,7 +106,7 @@ def cached_features(
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
     if total is not None and (not isinstance(total, int) or total < 0):
         raise ValueError(f"total must be the number of examples or None, not {total!r}")
-    fields = _input_fields(examples)
+    fields = input_fields(examples)
     stored_key = _json_round_trip(key)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -164,17 +151,17 @@ def cached_features(
         progress_total = total if total is not None else (
             cardinality if cardinality >= 0 else None)
         try:
-            contents = _extract(examples, encode, fields, partial, batch_size=batch_size,
+            contents = write_shards(examples, encode, fields, partial, batch_size=batch_size,
                                 total=total, progress_total=progress_total,
                                 description=description)
             manifest = {"format": FORMAT, "key": stored_key, "description": description,
                         **contents}
-            _write_manifest(partial / MANIFEST, manifest)  # last: its presence marks a whole cache
+            write_manifest(partial / MANIFEST, manifest)  # last: its presence marks a whole cache
             _swap_in(partial, final)
         except BaseException:  # KeyboardInterrupt too: a half-written cache must not stay behind
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        return _open(final, manifest, extraction_seconds=time.perf_counter() - start)
+        return open_dataset(final, manifest, extraction_seconds=time.perf_counter() - start)
     finally:
         lock.release()
 
@@ -210,7 +197,7 @@ def _compact(value: Any) -> Any:
 
 
 def _reused(final: Path, manifest: dict, description: str) -> CachedFeatures:
-    cached = _open(final, manifest, extraction_seconds=None)
+    cached = open_dataset(final, manifest, extraction_seconds=None)
     print(f"Reusing {description} of {_images(cached.examples)} from {final} "
           f"({_human_size(cached.size_bytes)}).")
     return cached
@@ -235,33 +222,6 @@ def _check_name(name: str) -> None:
     if name.startswith("."):
         raise ValueError(f"name {name!r} must not start with '.': hidden names are kept for "
                          "the temporary folders of an extraction")
-
-
-def _input_fields(examples: tf.data.Dataset) -> dict[str, dict]:
-    """The dtype and shape of every field but "image", as the manifest stores them."""
-    if not isinstance(examples, tf.data.Dataset):
-        raise TypeError(f"examples must be a tf.data.Dataset of dicts, not {type(examples)}")
-    spec = examples.element_spec
-    if not isinstance(spec, dict) or "image" not in spec:
-        raise ValueError("examples must be a tf.data.Dataset of dicts with an 'image' field; "
-                         f"its elements are {spec}")
-    if "features" in spec:
-        raise ValueError("the examples have a 'features' field, which the cache uses for the "
-                         "encoder's output; rename it")
-    fields = {}
-    for field, field_spec in spec.items():
-        if field == "image":
-            continue
-        # tf.io.serialize_tensor stores dense tensors only; nested dicts would need flattening.
-        if type(field_spec) is not tf.TensorSpec:
-            raise ValueError(f"field {field!r} of the examples is a {type(field_spec).__name__}; "
-                             "only dense tensors can be cached next to the features")
-        fields[field] = _spec(field_spec.dtype, field_spec.shape)
-    return fields
-
-
-def _spec(dtype: tf.DType, shape: tf.TensorShape) -> dict:
-    return {"dtype": dtype.name, "shape": None if shape.rank is None else shape.as_list()}
 
 
 def _json_round_trip(key: dict) -> dict:
@@ -353,7 +313,7 @@ def _check_replaceable(final: Path) -> None:
     if not final.is_dir():
         return
     foreign = sorted(p.name for p in final.iterdir()
-                     if p.name != MANIFEST and not _SHARD_NAME.fullmatch(p.name))
+                     if p.name != MANIFEST and not SHARD_NAME.fullmatch(p.name))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ValueError(f"{final} exists and is not a feature cache (it holds {shown}); "
@@ -374,114 +334,6 @@ def _remove_leftovers(folder: Path, name: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _extract(examples: tf.data.Dataset, encode: Callable, fields: dict, partial: Path, *,
-             batch_size: int, total: int | None, progress_total: int | None,
-             description: str) -> dict:
-    """Encode every example into shards in `partial`; their count, field specs and shards."""
-    names = list(fields)
-
-    def serialize_fields(example: dict) -> dict:
-        # Serialised before batching, every field keeps its exact dtype and shape, even an
-        # empty (0, 4) box array, and variable-length fields need no ragged batching.
-        serialized = {field: tf.io.serialize_tensor(example[field]) for field in names}
-        return {"image": example["image"], **serialized}
-
-    batches = (examples
-               .map(serialize_fields, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .batch(batch_size)
-               .prefetch(tf.data.AUTOTUNE))
-    shards: list[dict] = []
-    writer = None
-    written_in_shard = records_per_shard = 0
-    count = 0
-    feature_shape = None
-    try:
-        with tqdm(total=progress_total, desc=description, unit="image") as progress:
-            for batch in batches:
-                images = batch["image"]
-                features = _encoded(encode, images)
-                if feature_shape is None:
-                    feature_shape = features.shape[1:]
-                elif features.shape[1:] != feature_shape:
-                    raise ValueError(f"encode returned features of shape {features.shape[1:]} "
-                                     f"per image after {feature_shape}")
-                values = {field: batch[field].numpy() for field in names}
-                records = [_record(features[i], {f: values[f][i] for f in names})
-                           for i in range(len(features))]
-                if records_per_shard == 0:
-                    per_record = sum(map(len, records)) / len(records)
-                    records_per_shard = max(1, int(SHARD_BYTES // per_record))
-                for record in records:
-                    if writer is None:
-                        shards.append({"file": f"shard-{len(shards):05d}.tfrecord"})
-                        writer = tf.io.TFRecordWriter(str(partial / shards[-1]["file"]))
-                    writer.write(record)
-                    written_in_shard += 1
-                    if written_in_shard == records_per_shard:
-                        writer.close()
-                        writer, written_in_shard = None, 0
-                count += len(records)
-                progress.update(len(records))
-                if total is not None and count > total:
-                    raise ValueError(f"total is {total} but the examples hold at least {count}: "
-                                     "a stale total means a stale key; update both")
-    finally:
-        if writer is not None:
-            writer.close()
-    if count == 0:
-        raise ValueError("no examples to encode: the dataset is empty")
-    if total is not None and count != total:
-        raise ValueError(f"total is {total} but the examples hold {count}: a stale total "
-                         "means a stale key; update both")
-    for shard in shards:
-        path = partial / shard["file"]
-        _fsync(path)
-        shard["bytes"] = path.stat().st_size
-    return {
-        "examples": count,
-        "fields": {"features": _spec(tf.float16, tf.TensorShape(feature_shape)), **fields},
-        "shards": shards,
-    }
-
-
-def _encoded(encode: Callable, images: tf.Tensor) -> np.ndarray:
-    """encode(images) as float16, checked to give one row per image and to fit in float16."""
-    output = np.asarray(encode(images))
-    if output.ndim == 0 or output.shape[0] != images.shape[0]:
-        raise ValueError(f"encode returned shape {output.shape} for images of shape "
-                         f"{tuple(images.shape)}: the first dimension must be the batch size")
-    with np.errstate(over="ignore"):  # reported below, with the remedy
-        features = output.astype(np.float16)
-    # float16 stops at 65504: larger features would be cached as infinities, and train as NaN.
-    if not np.isfinite(features).all() and np.any(np.isinf(features) & np.isfinite(output)):
-        raise ValueError(f"encode returned values up to {np.abs(output).max():g}, beyond "
-                         "float16's range (65504); scale the features down before caching")
-    return features
-
-
-def _record(features: np.ndarray, fields: dict[str, bytes]) -> bytes:
-    """One tf.train.Example: the serialised tensor of each field."""
-    values = {"features": tf.io.serialize_tensor(features).numpy(), **fields}
-    return tf.train.Example(features=tf.train.Features(feature={
-        field: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-        for field, value in values.items()
-    })).SerializeToString()
-
-
-def _fsync(path: Path) -> None:
-    # On disk before the rename: after a power cut the cache is then complete or absent.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
-    _fsync(path)
-
-
 def _swap_in(partial: Path, final: Path) -> None:
     """Rename the complete `partial` to `final`, replacing an older cache only then."""
     old = None
@@ -497,39 +349,6 @@ def _swap_in(partial: Path, final: Path) -> None:
     if old is not None:
         # Already out of the way: a failure here leaves a leftover, which a later run removes.
         shutil.rmtree(old, ignore_errors=True)
-
-
-def open_cache(path: str | Path) -> CachedFeatures:
-    """The cache in `path` as it is, whatever its key: for reading a cache one just wrote."""
-    path = Path(path)
-    return _open(path, json.loads((path / MANIFEST).read_text()), extraction_seconds=None)
-
-
-def _open(final: Path, manifest: dict, *, extraction_seconds: float | None) -> CachedFeatures:
-    """The dataset reading the cache in `final`: a record of each of `PARALLEL_SHARDS` shards in
-    turn, the same order every epoch."""
-    specs = {field: (tf.as_dtype(spec["dtype"]), tf.TensorShape(spec["shape"]))
-             for field, spec in manifest["fields"].items()}
-    wanted = {field: tf.io.FixedLenFeature([], tf.string) for field in specs}
-
-    def parse(record: tf.Tensor) -> dict:
-        serialized = tf.io.parse_single_example(record, wanted)
-        return {field: tf.ensure_shape(tf.io.parse_tensor(serialized[field], out_type=dtype),
-                                       shape)
-                for field, (dtype, shape) in specs.items()}
-
-    files = tf.data.Dataset.from_tensor_slices(
-        [str(final / shard["file"]) for shard in manifest["shards"]])
-    # A persistent disk reaches its rate only with several reads in flight, and records drawn
-    # from several shards in turn give a shuffle buffer smaller than the cache a wider mix.
-    dataset = (files.interleave(tf.data.TFRecordDataset, cycle_length=PARALLEL_SHARDS,
-                                num_parallel_calls=PARALLEL_SHARDS, deterministic=True)
-               .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .apply(tf.data.experimental.assert_cardinality(manifest["examples"])))
-    size = sum(shard["bytes"] for shard in manifest["shards"])
-    size += (final / MANIFEST).stat().st_size
-    return CachedFeatures(dataset=dataset, path=final, examples=manifest["examples"],
-                          size_bytes=size, extraction_seconds=extraction_seconds)
 
 
 def _canonical_config(config: Any) -> Any:
