@@ -119,7 +119,7 @@ def test_how_papermill_ended_is_read_from_its_exit_code(tmp_path, monkeypatch, c
 
 
 def test_why_papermill_stopped_comes_from_papermill_and_a_log_is_named(tmp_path, monkeypatch):
-    def stopped(command, timeout_s, env, messages):
+    def stopped(command, timeout_s, env, messages, cwd, sandbox):
         messages.write("Traceback ...\n")
         reason_file = json.loads(command[-1])["reason_file"]
         Path(reason_file).write_text("DeadKernelError: Kernel died")

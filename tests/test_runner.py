@@ -45,7 +45,7 @@ def write_notebook(folder: Path, name: str, *cells: str) -> Path:
 @pytest.fixture(autouse=True)
 def gpu_present(monkeypatch):
     """The full profile's GPU check starts TensorFlow; these tests are about other things."""
-    monkeypatch.setattr(runner, "gpu_visible", lambda: True)
+    monkeypatch.setattr(parameters, "gpu_visible", lambda: True)
 
 
 def run_one(notebook: Path, build: Path, profile: Profile = PLAIN) -> runner.Result:
@@ -379,7 +379,7 @@ def test_ctrl_c_or_sigterm_stops_everything_and_prints_what_ran(tmp_path, stop):
 
 @pytest.mark.slow
 def test_full_profile_without_a_gpu_warns_before_running(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "gpu_visible", lambda: False)
+    monkeypatch.setattr(parameters, "gpu_visible", lambda: False)
     notebook = write_notebook(tmp_path, "plain", PARAMETERS)
     assert runner.main(["--profile", "full", "--build-dir", str(tmp_path / "build"),
                         str(notebook)]) == 0

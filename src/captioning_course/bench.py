@@ -42,7 +42,14 @@ from typing import Any
 import numpy as np
 import psutil
 
-from captioning_course import bench_feature_cache, bench_kv_cache, data_slice, profiles, runner
+from captioning_course import (
+    bench_feature_cache,
+    bench_kv_cache,
+    data_slice,
+    parameters,
+    profiles,
+    runner,
+)
 from captioning_course.labs import run_definitions
 
 LESSON = Path("solutions/image_captioning.ipynb")
@@ -201,7 +208,7 @@ def bench(build_dir: Path) -> dict[str, Any]:
                 for name in DECODERS}
     return {
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(),
-                    "gpu": runner.gpu_visible()},
+                    "gpu": parameters.gpu_visible()},
         "captions_per_s": {name: result["captions_per_s"] for name, result in decoders.items()},
         "epoch_s": {"cached": steady_epoch_seconds(cached_metrics)},
         "extraction_s": cache["extraction_seconds"],

@@ -128,8 +128,7 @@ def _papermill(arguments: dict[str, Any]) -> int:
         return CELL_RAISED
     except Exception as exc:
         traceback.print_exc()
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        Path(arguments["reason_file"]).write_text(f"{type(exc).__name__}: {first_line}")
+        Path(arguments["reason_file"]).write_text(f"{type(exc).__name__}: {first_line(exc)}")
         return 1
     return 0
 
@@ -210,10 +209,14 @@ def added_by_papermill(cell: Any) -> bool:
     return bool(PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", [])))
 
 
+def first_line(text: object) -> str:
+    """The first line of a message (an exception's, a cell's), surrounding blanks left out."""
+    return (str(text).strip().splitlines() or [""])[0]
+
+
 def cell_name(index: int, source: str) -> str:
     """A cell as its author finds it: its index in the source notebook and its first line."""
-    lines = source.strip().splitlines()
-    return f"cell {index} ({(lines[0] if lines else '')!r})"
+    return f"cell {index} ({first_line(source)!r})"
 
 
 def failing_cell(notebook: Path, executed: Path) -> str | None:

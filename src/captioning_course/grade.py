@@ -57,12 +57,9 @@ sandbox); 130 on Ctrl-C or SIGTERM, after writing the rows graded so far.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import os
-import pwd
 import re
 import shutil
 import sys
@@ -73,11 +70,17 @@ from typing import Any
 
 import nbformat
 
-import captioning_course
-from captioning_course import execution, parameters, profiles
+from captioning_course import execution, parameters
+from captioning_course.grades_table import CSV_FILE, MARKDOWN_FILE, Row, write_grades
 from captioning_course.kernel import KERNELSPEC
 from captioning_course.profiles import Profile
-from captioning_course.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
+from captioning_course.sandbox import (
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    check_available,
+    grading_sandbox,
+)
 from captioning_course.submissions import (
     GradingError,
     Lesson,
@@ -90,28 +93,10 @@ from captioning_course.submissions import (
 # How a self-check names its exercise at the start of its message: "Exercise 4 (masked_loss): "
 CHECK_PREFIX = re.compile(r"^Exercise \d+(?: \([^)]*\))?: ")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
-CSV_FILE, MARKDOWN_FILE = "grades.csv", "grades.md"
 # In each file's output folder: the copy that runs, its executed copy until the run ends, its
 # kernel's start-up files and, in the sandbox, its feature cache.
 RUN_FOLDER = ".grading"
 SANDBOX_LIMITS = Limits()  # the course's largest lesson peaks near 3 GB
-
-
-@dataclasses.dataclass
-class Row:
-    file: str  # path relative to the submissions folder
-    lesson: str = ""
-    grades: dict[int, str] = dataclasses.field(default_factory=dict)  # by exercise number
-    exercises: int = 0  # how many the lesson has; 0 when the file was not graded
-    seconds: float = 0.0
-    note: str = ""
-    grader_error: bool = False  # the grader itself failed on this file
-
-    @property
-    def passed(self) -> str:
-        if not self.exercises:
-            return ""
-        return f"{sum(grade == 'pass' for grade in self.grades.values())}/{self.exercises}"
 
 
 # Running --------------------------------------------------------------------------------------
@@ -151,10 +136,6 @@ def _ran(cell: Any) -> bool:
 def _printed(cell: Any) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", [])
                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
-
-
-def _first_line(text: str) -> str:
-    return (str(text).strip().splitlines() or [""])[0]
 
 
 def _unanswered(number: int, cells: list[Any]) -> bool:
@@ -199,7 +180,7 @@ def grade_executed(lesson: Lesson, executed: nbformat.NotebookNode | None, statu
         elif shared:  # the check judges its exercises in turn and names each
             grades[exercise.number] = _shared_grade(exercise.number, cell, errors)
         elif errors and errors[0].get("ename") == "SelfCheckFailed":
-            problem = CHECK_PREFIX.sub("", _first_line(errors[0].get("evalue", "")))
+            problem = CHECK_PREFIX.sub("", execution.first_line(errors[0].get("evalue", "")))
             grades[exercise.number] = f"fail: {problem}"
         elif errors:
             grades[exercise.number] = f"not reached: {errors[0].get('ename', 'error')}"
@@ -215,7 +196,7 @@ def _shared_grade(number: int, cell: Any, errors: list[dict]) -> str:
     if any(line.startswith(f"PASS Exercise {number} ") for line in _printed(cell).splitlines()):
         return "pass"
     if errors and errors[0].get("ename") == "SelfCheckFailed":
-        line = _first_line(errors[0].get("evalue", ""))
+        line = execution.first_line(errors[0].get("evalue", ""))
         if line.startswith(f"Exercise {number} ") or line.startswith(f"Exercise {number}:"):
             return f"fail: {CHECK_PREFIX.sub('', line)}"
         earlier = re.match(r"Exercise (\d+)", line)
@@ -245,7 +226,7 @@ def _plan(path: Path, folder: Path, lessons: dict[str, Lesson]) -> _Planned:
         row.note = "not a notebook: not UTF-8 text"
         return _Planned(row)
     except Exception as exc:  # whatever the bytes are, the file gets its row
-        row.note = f"not a notebook: {_first_line(exc)[:200]}"
+        row.note = f"not a notebook: {execution.first_line(exc)[:200]}"
         return _Planned(row)
     lesson, why = identify(nb, lessons, path.stem)
     if lesson is None:
@@ -271,34 +252,6 @@ def _check_lesson_parameters(lessons: list[Lesson], profile: Profile, data_dir: 
                                                sample_images_dir, extra_parameters)
             except parameters.SetupError as exc:
                 raise GradingError(str(exc).replace(str(lab), f"lesson {lesson.name}")) from None
-
-
-def course_sandbox(folder: Path, out: Path, data_dir: Path, sample_images_dir: Path,
-                   extra_parameters: dict[str, Any], limits: Limits) -> tuple[Sandbox, dict]:
-    """The sandbox every file of the class runs in, and what its kernels' environment adds.
-
-    It shows the Python, the course and the data (the instructor's TFDS and Keras folders
-    included, for the full course's COCO and ImageNet weights), and hides the instructor's
-    home, the class and the grades. Each run adds its own output folder as writable.
-    """
-    homes = {Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
-    readable = {Path(sys.base_prefix), Path(sys.prefix),
-                Path(captioning_course.__file__).parent.parent, data_dir, sample_images_dir}
-    env = {}
-    for variable, folder_in_home in (("TFDS_DATA_DIR", "tensorflow_datasets"),
-                                     ("KERAS_HOME", ".keras")):
-        shared = Path.home() / folder_in_home
-        if shared.is_dir():
-            readable.add(shared)
-            env[variable] = str(shared.resolve())
-    for value in extra_parameters.values():  # `-p DATA_DIR /mnt/coco`, say
-        path = Path(str(value).removeprefix("file://"))
-        if path.is_absolute() and path.exists():
-            readable.add(path)
-    resolved = {path.resolve() for path in readable if path.exists()}
-    hidden = {path.resolve() for path in (*homes, folder, out)}
-    return Sandbox(writable=(), readable=tuple(sorted(resolved)), hidden=tuple(sorted(hidden)),
-                   limits=limits), env
 
 
 def _run_one(planned: _Planned, profile: Profile, data_dir: Path, out: Path,
@@ -417,7 +370,7 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                              extra_parameters)
     if to_run:
         parameters.prepare_data(profile, [lesson.name for lesson in graded_lessons], data_dir)
-    sandbox = None if limits is None else course_sandbox(
+    sandbox = None if limits is None else grading_sandbox(
         folder, out, data_dir, sample_images_dir, extra_parameters, limits)
     limit = profile.timeout_s if timeout_s is None else timeout_s
     rows = [plan.row for plan in plans]
@@ -432,7 +385,7 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
                          limit, sandbox)
             except Exception as exc:  # the others are still graded; the exit code tells
                 plan.row.grades, plan.row.exercises = {}, 0
-                plan.row.note = f"grader error: {type(exc).__name__}: {_first_line(exc)}"
+                plan.row.note = f"grader error: {type(exc).__name__}: {execution.first_line(exc)}"
                 plan.row.grader_error = True
             graded += 1
             if progress:
@@ -448,71 +401,21 @@ def grade(folder: Path, profile: Profile, out: Path, lessons_dir: Path, data_dir
     return rows
 
 
-# Reports --------------------------------------------------------------------------------------
-
-def _columns(lessons: dict[str, Lesson]) -> int:
-    return max((len(lesson.exercises) for lesson in lessons.values()), default=0)
-
-
-def table(rows: list[Row], columns: int) -> list[list[str]]:
-    """Header and rows: file, lesson, Exercise 1..N, passed, seconds, note."""
-    header = ["file", "lesson", *(f"Exercise {n}" for n in range(1, columns + 1)),
-              "passed", "seconds", "note"]
-    body = []
-    for row in rows:
-        grades = [row.grades.get(n, "") for n in range(1, columns + 1)]
-        body.append([row.file, row.lesson, *grades, row.passed, f"{row.seconds:.1f}", row.note])
-    return [header, *body]
-
-
-def markdown(rows: list[Row], lessons: dict[str, Lesson], profile: Profile,
-             extra_parameters: dict[str, Any]) -> str:
-    def escape(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-    header, *body = table(rows, _columns(lessons))
-    header[header.index("seconds")] = "wall time"
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for cells in body:
-        cells[-2] = f"{float(cells[-2]):.0f} s"
-        lines.append("| " + " | ".join(escape(cell) for cell in cells) + " |")
-    settings = ", ".join(f"{name}={value!r}" for name, value in extra_parameters.items())
-    lines += ["", f"Profile {profile.name}" + (f", with -p {settings}" if settings else "") + "."]
-    graded = {row.lesson for row in rows if row.exercises}
-    for name in sorted(graded):
-        lines += ["", f"Exercises of {name}:"]
-        lines += [f"- {e.title} (check.{e.check})" for e in lessons[name].exercises]
-    return "\n".join(lines) + "\n"
-
-
-def write_grades(rows: list[Row], lessons: dict[str, Lesson], out: Path, profile: Profile,
-                 extra_parameters: dict[str, Any]) -> None:
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(table(rows, _columns(lessons)))
-    (out / CSV_FILE).write_text(text.getvalue())
-    (out / MARKDOWN_FILE).write_text(markdown(rows, lessons, profile, extra_parameters))
-
-
 # Command line ---------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the students' notebooks (subfolders too)")
-    parameters.add_profile_arguments(parser)
+    parameters.add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("build/grades"),
                         help="where grades.csv, grades.md and the executed copies go")
     parser.add_argument("--lessons", type=Path, default=Path("notebooks"),
                         help="the authored lessons the labs come from")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run the students' code with your own rights, unconfined")
     args = parser.parse_args(argv)
-    profile = profiles.get(args.profile)
-    extra = {name: parameters.parameter_value(value) for name, value in args.parameters}
-    if profile.needs_gpu and not parameters.gpu_visible():
-        print(f"warning: TensorFlow sees no GPU here and the {profile.name} profile needs one; "
-              "each lab may run for hours", file=sys.stderr, flush=True)
+    profile, extra = parameters.run_arguments(args)
+    parameters.warn_without_gpu(profile)
     start = time.monotonic()
     try:
         with execution.sigterm_as_ctrl_c():

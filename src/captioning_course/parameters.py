@@ -55,14 +55,33 @@ def positive_seconds(text: str) -> int:
     return int(text)
 
 
-def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command line's --profile, -p NAME VALUE and --timeout, as every command takes them."""
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every command that runs lessons takes: --profile, -p NAME VALUE, --timeout,
+    --data-dir and --sample-images-dir."""
     parser.add_argument("--profile", default="smoke", choices=sorted(profiles.PROFILES))
     parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"),
                         help="set a parameter of every notebook, over the profile's value")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="time limit per notebook (default: the profile's)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="where the offline data slice, its copies and weights files go")
+    parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
+
+
+def run_arguments(args: argparse.Namespace) -> tuple[Profile, dict[str, Any]]:
+    """The profile and the -p values that `add_run_arguments` parsed."""
+    return (profiles.get(args.profile),
+            {name: parameter_value(value) for name, value in args.parameters})
+
+
+def warn_without_gpu(profile: Profile) -> None:
+    """Warn, before hours are spent, when `profile` needs a GPU and TensorFlow sees none."""
+    if profile.needs_gpu and not gpu_visible():
+        print(f"warning: TensorFlow sees no GPU here, and the {profile.name} profile needs one: "
+              "on this CPU a single epoch takes hours (getting_started measures it). Run "
+              "`make install GPU=1` on a GPU machine, or use PROFILE=smoke or rehearsal.",
+              file=sys.stderr, flush=True)
 
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:

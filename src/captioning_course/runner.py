@@ -35,16 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from captioning_course import execution, profiles, record
+from captioning_course import execution, record
 from captioning_course.parameters import SetupError as RunnerError
 from captioning_course.parameters import (
-    add_profile_arguments,
-    gpu_visible,
+    add_run_arguments,
     kernel_environment,
     notebook_parameters,
-    parameter_value,
     prepare_data,
     prepare_folder,
+    run_arguments,
+    warn_without_gpu,
 )
 from captioning_course.profiles import Profile
 
@@ -171,29 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="notebooks to run (default: every solutions/*.ipynb)")
-    add_profile_arguments(parser)
-    parser.add_argument("--data-dir", type=Path, default=Path("data"),
-                        help="TFDS data dir for the offline slice (smoke)")
+    add_run_arguments(parser)
     parser.add_argument("--build-dir", type=Path, default=Path("build"))
-    parser.add_argument("--sample-images-dir", type=Path, default=Path("sample_images"))
     parser.add_argument("--nbval", action="store_true",
                         help="write parameterised copies and validate them with nbval")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted(Path("solutions").glob("*.ipynb"))
     if not notebooks:
         parser.error("no notebooks given and none found in solutions/")
-    profile = profiles.get(args.profile)
-    if profile.needs_gpu and not args.nbval and not gpu_visible():
-        print(f"warning: TensorFlow sees no GPU here, and the {profile.name} profile needs one: "
-              "on this CPU a single epoch takes hours (getting_started measures it). Run "
-              "`make install GPU=1` on a GPU machine, or use PROFILE=smoke or rehearsal.",
-              file=sys.stderr, flush=True)
+    profile, extra_parameters = run_arguments(args)
+    if not args.nbval:  # nbval's copies are only prepared here
+        warn_without_gpu(profile)
     try:
         with execution.sigterm_as_ctrl_c():
             results = run(notebooks, profile, args.data_dir, args.build_dir,
                           args.sample_images_dir, prepare_only=args.nbval,
-                          extra_parameters={name: parameter_value(value)
-                                            for name, value in args.parameters},
+                          extra_parameters=extra_parameters,
                           timeout_s=args.timeout)
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)

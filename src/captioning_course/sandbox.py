@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import re
 import resource
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import captioning_course
 
 NOBODY = 65534
 # The folder inside the sandbox that HOME names; it lives on the sandbox's own /tmp.
@@ -149,3 +153,31 @@ def check_available() -> None:
         why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here ({why}); user "
                                  f"namespaces may be disabled: {INSTALL_HINT}")
+
+
+def grading_sandbox(folder: Path, out: Path, data_dir: Path, sample_images_dir: Path,
+                   extra_parameters: dict[str, Any], limits: Limits) -> tuple[Sandbox, dict]:
+    """The sandbox every file of the class runs in, and what its kernels' environment adds.
+
+    It shows the Python, the course and the data (the instructor's TFDS and Keras folders
+    included, for the full course's COCO and ImageNet weights), and hides the instructor's
+    home, the class and the grades. Each run adds its own output folder as writable.
+    """
+    homes = {Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
+    readable = {Path(sys.base_prefix), Path(sys.prefix),
+                Path(captioning_course.__file__).parent.parent, data_dir, sample_images_dir}
+    env = {}
+    for variable, folder_in_home in (("TFDS_DATA_DIR", "tensorflow_datasets"),
+                                     ("KERAS_HOME", ".keras")):
+        shared = Path.home() / folder_in_home
+        if shared.is_dir():
+            readable.add(shared)
+            env[variable] = str(shared.resolve())
+    for value in extra_parameters.values():  # `-p DATA_DIR /mnt/coco`, say
+        path = Path(str(value).removeprefix("file://"))
+        if path.is_absolute() and path.exists():
+            readable.add(path)
+    resolved = {path.resolve() for path in readable if path.exists()}
+    hidden = {path.resolve() for path in (*homes, folder, out)}
+    return Sandbox(writable=(), readable=tuple(sorted(resolved)), hidden=tuple(sorted(hidden)),
+                   limits=limits), env
