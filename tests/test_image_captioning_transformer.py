@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning_course.features import open_cache
+from captioning_course.feature_shards import open_cache
 from conftest import (
     REPO,
     assert_beats_the_image_blind_baseline,
@@ -65,10 +65,10 @@ def test_every_sample_photo_is_captioned(metrics):
     assert_every_sample_photo_captioned(metrics)
 
 
-def cached_training_features(encoder: str, photos: int = 64) -> np.ndarray:
-    """The float16 features of the first training photos, read back from the runner's feature
-    cache of `encoder`: one folder per encoder, whichever profile ran before."""
-    [folder] = (REPO / "build" / "feature_cache").glob(f"flickr8k-train-*-{encoder}-*px")
+def cached_training_features(result, photos: int = 64) -> np.ndarray:
+    """The float16 features of the first training photos, read back from the feature cache
+    that the run's record names: in a used clone, caches of other runs lie beside it."""
+    folder = result.metrics["feature_caches"]["train"]
     return np.stack([record["features"].numpy()
                      for record in open_cache(folder).dataset.take(photos)])
 
@@ -78,7 +78,7 @@ def test_untrained_inception_resnet_features_keep_their_spread(smoke_run):
     features survive float16; about half are zeros, as after any ReLU."""
     result = smoke_run[LESSON.stem]
     assert result.status == "ok", result.failure
-    features = cached_training_features("InceptionResNetV2").astype("float32")
+    features = cached_training_features(result).astype("float32")
     assert features.std() > 1e-3 and np.mean(features == 0) < 0.9
 
 
@@ -88,7 +88,7 @@ def test_rehearsal_runs_the_full_sizes_and_untrained_mobilenet_features_vanish(r
     result = rehearsal_run[LESSON.stem]
     assert result.status == "ok", result.failure
     assert "MobileNetV3Small: a 7x7 grid of 576 channels" in printed_text(result.executed)
-    assert np.mean(cached_training_features("MobileNetV3Small") == 0) > 0.99
+    assert np.mean(cached_training_features(result) == 0) > 0.99
     assert result.metrics["reload_matches"] is True
 
 
