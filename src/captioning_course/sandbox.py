@@ -164,8 +164,11 @@ def grading_sandbox(folder: Path, out: Path, data_dir: Path, sample_images_dir: 
     home, the class and the grades. Each run adds its own output folder as writable.
     """
     homes = {Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
-    readable = {Path(sys.base_prefix), Path(sys.prefix),
-                Path(captioning_course.__file__).parent.parent, data_dir, sample_images_dir}
+    package = Path(captioning_course.__file__).resolve().parent
+    # The course: the repository the package is installed from (src/captioning_course), shown
+    # whole even where it lies in a hidden folder or in /tmp, which the sandbox replaces.
+    course = package.parents[1] if package.parent.name == "src" else package
+    readable = {Path(sys.base_prefix), Path(sys.prefix), course, data_dir, sample_images_dir}
     env = {}
     for variable, folder_in_home in (("TFDS_DATA_DIR", "tensorflow_datasets"),
                                      ("KERAS_HOME", ".keras")):
